@@ -1,0 +1,155 @@
+"""SpectrogramDataModule: one LightningDataModule for every source and latent mode.
+
+latents = "pixel"   -> batches {"x": (B, C, H, W) in [-1, 1], "y": (B,)}; the
+                       pixel-space baseline, and the VAE's own training data.
+latents = "online"  -> the same pixel batches; the LightningModule encodes them
+                       with the frozen VAE on the training device each step.
+latents = "cached"  -> {"mean": (B, c, h, w), "std": (B, c, h, w), "y": (B,)}:
+                       the VAE posterior of each image computed once
+                       (latent_cache.py); the module draws a fresh latent every
+                       step, so the cache does not freeze the posterior noise.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from latent_diffusion.data.source import SPLITS, SpectrogramSource, build_source
+from latent_diffusion.data.transforms import Augment, AugmentedDataset
+from latent_diffusion.utils.errors import UserError
+
+log = logging.getLogger(__name__)
+LATENT_MODES = ("pixel", "online", "cached")
+
+
+def _collate_pixels(items):
+    xs, ys = zip(*items, strict=True)
+    return {"x": torch.stack(xs), "y": torch.as_tensor(ys, dtype=torch.long)}
+
+
+class SpectrogramDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        source: str,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        latents: str = "pixel",
+        augment: dict | None = None,
+        eval_batch_size: int | None = None,
+        **source_kwargs,
+    ):
+        super().__init__()
+        if latents not in LATENT_MODES:
+            raise UserError(f"data.latents={latents!r} is not one of {LATENT_MODES}")
+        if batch_size < 1:
+            raise UserError(f"data.batch_size={batch_size} must be >= 1")
+        self.source_name = source
+        self.source_kwargs = source_kwargs
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.latents = latents
+        self.augment = Augment(**(augment or {}))
+        self._source: SpectrogramSource | None = None
+        self._splits: dict[str, Dataset] = {}
+        self._latent_splits: dict[str, Dataset] = {}
+
+    # -- source -----------------------------------------------------------------
+    @property
+    def source(self) -> SpectrogramSource:
+        if self._source is None:
+            self._source = build_source(self.source_name, **self.source_kwargs)
+        return self._source
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.source.class_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def channels(self) -> int:
+        return self.source.channels
+
+    @property
+    def image_size(self) -> int:
+        return self.source.image_size
+
+    def fingerprint(self) -> dict:
+        return {"source": self.source_name, **self.source.fingerprint()}
+
+    def prepare_data(self) -> None:
+        # Lightning calls this on one process per node: sources with a disk
+        # cache (the simulator) build it here, the other ranks read it in setup.
+        for name in SPLITS:
+            self.source.split(name)
+
+    def setup(self, stage: str | None = None) -> None:
+        for name in SPLITS:
+            if name not in self._splits:
+                self._splits[name] = self.source.split(name)
+
+    def dataset(self, split: str) -> Dataset:
+        self.setup()
+        return self._splits[split]
+
+    # -- cached latents ------------------------------------------------------------
+    def use_latent_cache(self, vae, cache_dir, device=None) -> None:
+        """Encode every split once with the frozen VAE (latent_cache.py) and serve posteriors."""
+        from latent_diffusion.data.latent_cache import build_latent_cache
+
+        self.setup()
+        if self.augment.enabled:
+            log.warning(
+                "data.latents=cached encodes each image once: the augmentations %s are not "
+                "applied to cached latents (use data.latents=online to keep them)",
+                self.augment,
+            )
+        for name in SPLITS:
+            self._latent_splits[name] = build_latent_cache(
+                vae, self._splits[name], self.fingerprint(), name, cache_dir, device=device
+            )
+
+    # -- loaders ---------------------------------------------------------------------
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        self.setup()
+        if self.latents == "cached":
+            if split not in self._latent_splits:
+                raise RuntimeError("data.latents=cached: call use_latent_cache(vae, ...) before fit")
+            ds, collate = self._latent_splits[split], None
+        else:
+            ds = self._splits[split]
+            if train and self.augment.enabled:
+                ds = AugmentedDataset(ds, self.augment)
+            collate = _collate_pixels
+        if len(ds) == 0:
+            raise UserError(f"the {split} split of data source '{self.source_name}' is empty")
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train and len(ds) >= self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            collate_fn=collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
