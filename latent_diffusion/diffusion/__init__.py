@@ -1,0 +1,66 @@
+"""Noise schedules, the hybrid training objective, samplers and classifier-free guidance."""
+
+from __future__ import annotations
+
+from latent_diffusion.diffusion.gaussian_diffusion import GaussianDiffusion
+from latent_diffusion.diffusion.respace import respaced, respaced_for, space_timesteps
+from latent_diffusion.diffusion.samplers import (
+    SAMPLERS,
+    cfg_model_fn,
+    ddim_sample,
+    ddpm_sample,
+    dpmpp_sample,
+    draw_noise,
+    generators_from_seeds,
+    sample,
+)
+from latent_diffusion.diffusion.schedule import DiffusionSchedule, betas_for, extract
+
+
+def create_diffusion(
+    schedule: str = "linear",
+    timesteps: int = 1000,
+    prediction: str = "eps",
+    learn_sigma: bool = True,
+    loss: str = "hybrid",
+    lambda_vlb: float = 0.001,
+    rescale_timesteps: bool = False,
+    clip_x0: bool = False,
+    timestep_sampler: str = "uniform",
+) -> GaussianDiffusion:
+    """The Hydra `_target_` of conf/diffusion/*.yaml: the training process of T steps."""
+    from latent_diffusion.utils.errors import UserError
+
+    if timestep_sampler != "uniform":
+        raise UserError(
+            f"diffusion.timestep_sampler={timestep_sampler!r}: only 'uniform' is implemented."
+        )
+    return GaussianDiffusion(
+        betas_for(schedule, int(timesteps)),
+        prediction=prediction,
+        learn_sigma=learn_sigma,
+        loss=loss,
+        lambda_vlb=lambda_vlb,
+        rescale_timesteps=rescale_timesteps,
+        clip_x0=clip_x0,
+    )
+
+
+__all__ = [
+    "SAMPLERS",
+    "DiffusionSchedule",
+    "GaussianDiffusion",
+    "betas_for",
+    "cfg_model_fn",
+    "create_diffusion",
+    "ddim_sample",
+    "ddpm_sample",
+    "dpmpp_sample",
+    "draw_noise",
+    "extract",
+    "generators_from_seeds",
+    "respaced",
+    "respaced_for",
+    "sample",
+    "space_timesteps",
+]

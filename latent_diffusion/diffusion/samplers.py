@@ -1,0 +1,175 @@
+"""Samplers in latent space: DDPM (ancestral), DDIM, DPM-Solver++(2M); classifier-free guidance.
+
+All run without clipping of x0 (latents are not bounded). The sampler state x
+is float64 and every schedule coefficient is float64; only the denoiser sees
+float32. `model_fn(x_t (B,C,H,W) float32, t (B,) long ORIGINAL timesteps)`
+returns (B, C or 2C, H, W); build it from a `model(x_t, t, y)` with
+`cfg_model_fn`.
+
+Per-image noise: pass `generators`, a list of one torch.Generator per image.
+Every draw for image i (the start noise and each ancestral step's noise) comes
+from generator i alone, so image i is the same whatever batch it is sampled in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from latent_diffusion.diffusion.gaussian_diffusion import GaussianDiffusion
+from latent_diffusion.diffusion.respace import respaced_for
+from latent_diffusion.utils.errors import UserError
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# ----------------------------------------------------------------- noise
+def generators_from_seeds(seeds: Sequence[int], device="cpu") -> list[torch.Generator]:
+    """One generator per image, seeded with that image's own seed."""
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+def draw_noise(shape, generators=None, device=None, dtype=torch.float64) -> torch.Tensor:
+    """Standard normal noise of `shape` (B, ...). With a list of B generators, image i's
+    noise is drawn from generators[i] only (in float32 on the generator's device, so
+    the numbers do not depend on the batch or the sampler's dtype)."""
+    if generators is None or isinstance(generators, torch.Generator):
+        gen_device = generators.device if generators is not None else device
+        noise = torch.randn(shape, generator=generators, device=gen_device)
+    else:
+        if len(generators) != shape[0]:
+            raise ValueError(f"{len(generators)} generators for a batch of {shape[0]} images")
+        noise = torch.stack(
+            [torch.randn(tuple(shape[1:]), generator=g, device=g.device) for g in generators]
+        )
+    return noise.to(device=device, dtype=dtype)
+
+
+def _state_dtype(device) -> torch.dtype:
+    # float64 for the ODE/SDE state (EDM's choice); MPS has no float64.
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
+def _call(diffusion: GaussianDiffusion, model_fn: ModelFn, x: torch.Tensor, i: int) -> tuple:
+    """Evaluate the denoiser at index i of `diffusion` -> (output in x's dtype, t (B,))."""
+    t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
+    out = diffusion.call_model(model_fn, x.float(), t)
+    return out.to(x.dtype), t
+
+
+# ------------------------------------------------------------------ DDPM
+@torch.no_grad()
+def ddpm_sample(diffusion, model_fn: ModelFn, shape, generators=None, steps=None, device="cpu", progress=None):
+    """Ancestral sampling (DDPM Alg. 2) with p(x_{t-1}|x_t) from `p_mean_variance`: a learned
+    variance is honoured, against the respaced betas when `steps` is given."""
+    d = respaced_for(diffusion, steps)
+    x = draw_noise(shape, generators, device, _state_dtype(device))  # (B, C, H, W)
+    for i in reversed(range(d.num_timesteps)):
+        out, t = _call(d, model_fn, x, i)
+        p = d.p_mean_variance(out, x, t)
+        if i > 0:  # no noise at the last step: the output is the mean of p(x0|x1)
+            x = p["mean"] + torch.exp(0.5 * p["log_variance"]) * draw_noise(shape, generators, device, x.dtype)
+        else:
+            x = p["mean"]
+        if progress:
+            progress(d.num_timesteps - i, d.num_timesteps)
+    return x.float()
+
+
+# ------------------------------------------------------------------ DDIM
+@torch.no_grad()
+def ddim_sample(diffusion, model_fn: ModelFn, shape, steps=50, eta: float = 0.0, generators=None, device="cpu", progress=None):
+    """DDIM (Song et al. 2021, eq. 12): x_{t-1} = sqrt(acp_prev) x0 + sqrt(1 - acp_prev - sigma^2) eps
+    + sigma z, sigma = eta sqrt((1-acp_prev)/(1-acp)) sqrt(1 - acp/acp_prev). eta = 0: deterministic."""
+    d = respaced_for(diffusion, steps)
+    s = d.schedule
+    x = draw_noise(shape, generators, device, _state_dtype(device))
+    for i in reversed(range(d.num_timesteps)):
+        out, t = _call(d, model_fn, x, i)
+        pred, _ = d.split_output(out, x)  # a learned variance plays no part in DDIM
+        x0, eps = d.predict_x0_eps(pred, x, t)
+        acp, acp_prev = float(s.alphas_cumprod[i]), float(s.alphas_cumprod_prev[i])
+        sigma = eta * np.sqrt((1 - acp_prev) / (1 - acp)) * np.sqrt(1 - acp / acp_prev)
+        x = np.sqrt(acp_prev) * x0 + np.sqrt(1 - acp_prev - sigma**2) * eps
+        if eta > 0 and i > 0:
+            x = x + sigma * draw_noise(shape, generators, device, x.dtype)
+        if progress:
+            progress(d.num_timesteps - i, d.num_timesteps)
+    return x.float()
+
+
+# ------------------------------------------------------------- DPM-Solver++
+@torch.no_grad()
+def dpmpp_sample(diffusion, model_fn: ModelFn, shape, steps=20, generators=None, device="cpu", progress=None):
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2), data prediction, multistep.
+
+    alpha_t = sqrt(acp), sigma_t = sqrt(1 - acp), lambda_t = log(alpha_t / sigma_t), h = lambda_next - lambda.
+    Evaluated at the same evenly spaced steps as DDIM (T-1 ... 0); after the last
+    evaluation (t = 0) the output is the data prediction there (a step to sigma = 0).
+    """
+    d = respaced_for(diffusion, steps)
+    acp = d.schedule.alphas_cumprod
+    alpha, sigma = np.sqrt(acp), np.sqrt(1 - acp)
+    lam = np.log(alpha) - np.log(sigma)
+    x = draw_noise(shape, generators, device, _state_dtype(device))
+    x0_prev, h_prev = None, None
+    n = d.num_timesteps
+    for i in reversed(range(n)):
+        out, t = _call(d, model_fn, x, i)
+        pred, _ = d.split_output(out, x)  # only the C prediction channels, never the variance
+        x0, _ = d.predict_x0_eps(pred, x, t)
+        if i == 0:
+            x = x0
+            break
+        h = lam[i - 1] - lam[i]
+        if x0_prev is None:
+            D = x0  # first step: DPM-Solver++(1) = DDIM
+        else:
+            r = h_prev / h  # 2M correction: D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}
+            D = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+        x = (sigma[i - 1] / sigma[i]) * x - alpha[i - 1] * np.expm1(-h) * D
+        x0_prev, h_prev = x0, h
+        if progress:
+            progress(n - i, n)
+    return x.float()
+
+
+SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpmpp": dpmpp_sample}
+
+
+def sample(sampler: str, diffusion, model_fn: ModelFn, shape, steps=None, generators=None, device="cpu", **kwargs):
+    """Dispatch by name ('ddpm' | 'ddim' | 'dpmpp'); `steps` None means the sampler's default
+    (DDPM: all T steps, DDIM: 50, DPM++: 20)."""
+    if sampler not in SAMPLERS:
+        raise UserError(f"sampler={sampler!r} is not known; use one of {', '.join(SAMPLERS)}.")
+    if steps is not None:
+        kwargs["steps"] = steps
+    return SAMPLERS[sampler](diffusion, model_fn, shape, generators=generators, device=device, **kwargs)
+
+
+# ------------------------------------------------- classifier-free guidance
+def cfg_model_fn(model, y: torch.Tensor, null_label: int, w: float) -> ModelFn:
+    """Classifier-free guidance (Ho & Salimans 2022): pred = pred_u + w (pred_c - pred_u).
+
+    model(x_t, t, y) -> (B, C or 2C, H, W). One batched forward over [x; x] with
+    [y; null]; ALL C prediction channels are guided (DiT issue 41 guided 3 of 4), the
+    variance channels come from the conditional half. w = 1 is the conditional model
+    alone and skips the unconditional half. Guiding eps, v or x0 is the same thing:
+    at a fixed x_t each is an affine function of the others.
+    """
+    w = float(w)
+
+    def fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        yy = y.to(x_t.device)
+        if w == 1.0:
+            return model(x_t, t, yy)
+        C = x_t.shape[1]
+        null = torch.full_like(yy, null_label)
+        out = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([yy, null]))  # (2B, C|2C, H, W)
+        cond, uncond = out.chunk(2)
+        guided = uncond[:, :C] + w * (cond[:, :C] - uncond[:, :C])
+        return torch.cat([guided, cond[:, C:]], dim=1)
+
+    return fn
