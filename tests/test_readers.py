@@ -99,6 +99,8 @@ def test_figure_with_border_text_and_colorbar_is_masked(tmp_path):
 
 def test_grey_png_is_one_channel(tmp_path):
     f = field()
+    Image.fromarray(np.rint(f * 65535).astype(np.uint16)).save(tmp_path / "grey16.png")
+    np.testing.assert_allclose(load_spectrogram(tmp_path / "grey16.png"), f, atol=1e-4)
     g = np.rint(f * 255).astype(np.uint8)
     Image.fromarray(g).save(tmp_path / "grey.png")
     Image.fromarray(np.repeat(g[..., None], 3, -1)).save(tmp_path / "grey_rgb.png")

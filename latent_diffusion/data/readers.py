@@ -122,10 +122,13 @@ def _read_image(path: Path, colormaps: Sequence[str], max_residual: float, crop_
     with Image.open(path) as im:
         im.load()  # decode now: a truncated file fails here, not later in a worker
         mode = im.mode
-        if mode == "F" or mode.startswith("I") and mode not in ("I;16", "I;16B", "I;16L"):
+        if mode == "F":  # float TIFF: values as stored, normalised like an array
             return np.asarray(im, dtype=np.float64), "raw", {"mode": mode}
-        if mode in ("I;16", "I;16B", "I;16L"):
-            return np.asarray(im, dtype=np.float64) / 65535.0, "unit", {"mode": mode}
+        if mode.startswith("I"):  # 16-bit grey (PIL opens it as I;16 or I)
+            a = np.asarray(im, dtype=np.float64)
+            if a.min() >= 0 and a.max() <= 65535:
+                return a / 65535.0, "unit", {"mode": mode}
+            return a, "raw", {"mode": mode}
         if mode in ("1", "L", "LA"):
             return np.asarray(im.convert("L"), dtype=np.float64) / 255.0, "unit", {"mode": mode}
         rgba = np.asarray(im.convert("RGBA"))
@@ -330,6 +333,8 @@ class ImageFolderSource:
                 f"data root {self.root} does not exist or is not a folder; set data.root to a "
                 "folder laid out as DIR/[train|val|test/]<class>/<files>"
             )
+        if isinstance(extensions, str):
+            extensions = [extensions]
         exts = tuple(
             e.lower() if e.startswith(".") else f".{e.lower()}" for e in (extensions or ALL_EXTS)
         )
