@@ -483,7 +483,7 @@ class ImageFolderSource:
                     return self._wrap(
                         {s: (z[f"{s}_x"], z[f"{s}_y"], list(z[f"{s}_files"])) for s in SPLITS}
                     )
-        skipped, shapes, out = [], {}, {}
+        skipped, shapes, out, kinds, masked = [], {}, {}, {}, []
         rels = [r for sp in SPLITS for r in mapping[sp]]
         results = {}
         # Decoding (PIL, zlib, h5py) releases the GIL: a few threads read a
@@ -496,12 +496,17 @@ class ImageFolderSource:
         for s in SPLITS:
             xs, ys, kept = [], [], []
             for rel in mapping[s]:
-                x = results[rel]
-                if isinstance(x, UserError):
+                res = results[rel]
+                if isinstance(res, UserError):
                     if self.strict:
-                        raise x
-                    skipped.append(f"{rel} ({x})")
+                        raise res
+                    skipped.append(f"{rel} ({res})")
                     continue
+                x, info = res
+                kind = info.get("colormap", "grey/array")
+                kinds[kind] = kinds.get(kind, 0) + 1
+                if info.get("masked_fraction", 0.0) > 0.2:
+                    masked.append(f"{rel} ({info['masked_fraction']:.0%})")
                 shapes.setdefault(x.shape, rel)
                 if len(shapes) > 1:
                     (s0, f0), (s1, f1) = list(shapes.items())[:2]
@@ -517,6 +522,13 @@ class ImageFolderSource:
                 np.stack(xs) if xs else np.zeros((0, h, w), np.float32),
                 np.asarray(ys, np.int64),
                 kept,
+            )
+        log.info("read %s: %s", self.root, ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
+        if masked:
+            warnings.warn(
+                f"{len(masked)} colour images have > 20% of the plot off the colour map and filled "
+                f"from neighbours (check max_residual / colormaps): {'; '.join(masked[:5])}",
+                stacklevel=2,
             )
         if skipped:
             warnings.warn(
@@ -539,7 +551,7 @@ class ImageFolderSource:
 
     def _read_one(self, rel: str):
         try:
-            return read_spectrogram(self.root / rel, **self.read_kwargs)[0]
+            return read_spectrogram(self.root / rel, **self.read_kwargs)
         except UserError as err:
             return err
 
