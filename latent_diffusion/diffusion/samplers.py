@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from latent_diffusion.diffusion.gaussian_diffusion import GaussianDiffusion
-from latent_diffusion.diffusion.respace import respaced_for
+from latent_diffusion.diffusion.respace import respaced, respaced_for
 from latent_diffusion.utils.errors import UserError
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -105,35 +105,41 @@ def ddim_sample(diffusion, model_fn: ModelFn, shape, steps=50, eta: float = 0.0,
 def dpmpp_sample(diffusion, model_fn: ModelFn, shape, steps=20, generators=None, device="cpu", progress=None):
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2), data prediction, multistep.
 
-    alpha_t = sqrt(acp), sigma_t = sqrt(1 - acp), lambda_t = log(alpha_t / sigma_t), h = lambda_next - lambda.
-    Evaluated at the same evenly spaced steps as DDIM (T-1 ... 0); after the last
-    evaluation (t = 0) the output is the data prediction there (a step to sigma = 0).
+    alpha_t = sqrt(acp), sigma_t = sqrt(1 - acp), lambda_t = log(alpha_t / sigma_t),
+    h_i = lambda_{t_i} - lambda_{t_{i-1}}. Time steps as diffusers' default
+    (linspace(0, T-1, steps+1) rounded, largest first, the 0 dropped) and a last
+    first-order step to sigma = 0, which returns the data prediction. Ending the
+    2nd-order steps at t ~ T/steps instead of t = 0 avoids a tiny-over-huge step
+    ratio r in the extrapolation (the last steps span most of lambda's range).
     """
-    d = respaced_for(diffusion, steps)
+    if not isinstance(steps, int) or not 1 <= steps <= diffusion.num_timesteps:
+        raise UserError(f"steps={steps!r}: DPM-Solver++ takes an int in [1, {diffusion.num_timesteps}].")
+    T = diffusion.num_timesteps
+    ts = np.linspace(0, T - 1, steps + 1).round()[::-1][:-1].astype(np.int64)  # e.g. 999, 949, ..., 50
+    d = respaced(diffusion, ts)  # index i -> training step ts sorted ascending; keeps the model's t
+    n = d.num_timesteps
     acp = d.schedule.alphas_cumprod
     alpha, sigma = np.sqrt(acp), np.sqrt(1 - acp)
     lam = np.log(alpha) - np.log(sigma)
-    x = draw_noise(shape, generators, device, _state_dtype(device))
+    x = draw_noise(shape, generators, device, _state_dtype(device))  # (B, C, H, W)
     x0_prev, h_prev = None, None
-    n = d.num_timesteps
     for i in reversed(range(n)):
         out, t = _call(d, model_fn, x, i)
         pred, _ = d.split_output(out, x)  # only the C prediction channels, never the variance
-        x0, _ = d.predict_x0_eps(pred, x, t)
+        x0, _ = d.predict_x0_eps(pred, x, t)  # (B, C, H, W)
+        if progress:
+            progress(n - i, n)
         if i == 0:
-            x = x0
-            break
+            return x0.float()  # first-order step to sigma = 0: x = D = x0
         h = lam[i - 1] - lam[i]
         if x0_prev is None:
-            D = x0  # first step: DPM-Solver++(1) = DDIM
+            D = x0  # DPM-Solver++(1) (= a DDIM step) at the first step: no history yet
         else:
-            r = h_prev / h  # 2M correction: D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}
+            r = h_prev / h  # 2M: D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}
             D = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
         x = (sigma[i - 1] / sigma[i]) * x - alpha[i - 1] * np.expm1(-h) * D
         x0_prev, h_prev = x0, h
-        if progress:
-            progress(n - i, n)
-    return x.float()
+    raise AssertionError("unreachable")
 
 
 SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpmpp": dpmpp_sample}
