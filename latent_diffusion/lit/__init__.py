@@ -1,0 +1,1 @@
+"""Lightning glue: the LatentDiffusion module, EMA, callbacks and the run export."""
