@@ -206,3 +206,28 @@ def test_create_diffusion_from_hydra_config():
     assert create_diffusion(schedule="cosine", timesteps=50).num_timesteps == 50
     t = d.sample_timesteps(10000, torch.Generator().manual_seed(0))
     assert t.min() >= 0 and t.max() <= 999 and abs(t.float().mean().item() - 499.5) < 10
+
+
+def test_importance_sampling_is_uniform_until_warm_then_unbiased():
+    from latent_diffusion.diffusion import LossSecondMomentResampler
+
+    d = create_diffusion(schedule="cosine", timesteps=10, timestep_sampler="loss-second-moment")
+    rs = d.timestep_sampler
+    assert isinstance(rs, LossSecondMomentResampler)
+    t, w = rs.sample(64, torch.Generator().manual_seed(0))
+    assert torch.equal(w, torch.ones(64))  # no history yet: uniform
+    L = torch.arange(1.0, 11.0)  # loss at step t is t + 1
+    for _ in range(10):
+        rs.update(torch.arange(10), L)
+    p = rs.weights() / rs.weights().sum()
+    np.testing.assert_allclose(p, 0.999 * L.numpy() / L.sum().item() + 0.001 / 10)
+    t, w = rs.sample(200_000, torch.Generator().manual_seed(1))
+    freq = torch.bincount(t, minlength=10).double() / len(t)
+    np.testing.assert_allclose(freq.numpy(), p, atol=3e-3)
+    # importance weights keep the loss estimate unbiased: E[w L_t] = mean_t L_t
+    assert (w * L[t]).mean().item() == pytest.approx(L.mean().item(), rel=0.01)
+    fresh = LossSecondMomentResampler(10)
+    fresh.load_state_dict(rs.state_dict())
+    np.testing.assert_array_equal(fresh.weights(), rs.weights())
+    with pytest.raises(UserError, match="timestep_sampler='lossaware'"):
+        create_diffusion(timestep_sampler="lossaware")

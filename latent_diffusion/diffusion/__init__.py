@@ -15,6 +15,11 @@ from latent_diffusion.diffusion.samplers import (
     sample,
 )
 from latent_diffusion.diffusion.schedule import DiffusionSchedule, betas_for, extract
+from latent_diffusion.diffusion.timestep_sampler import (
+    LossSecondMomentResampler,
+    UniformSampler,
+    create_timestep_sampler,
+)
 
 
 def create_diffusion(
@@ -28,14 +33,13 @@ def create_diffusion(
     clip_x0: bool = False,
     timestep_sampler: str = "uniform",
 ) -> GaussianDiffusion:
-    """The Hydra `_target_` of conf/diffusion/*.yaml: the training process of T steps."""
-    from latent_diffusion.utils.errors import UserError
+    """The Hydra `_target_` of conf/diffusion/*.yaml: the training process of T steps.
 
-    if timestep_sampler != "uniform":
-        raise UserError(
-            f"diffusion.timestep_sampler={timestep_sampler!r}: only 'uniform' is implemented."
-        )
-    return GaussianDiffusion(
+    The result carries `.timestep_sampler` (uniform | loss-second-moment): training draws
+    `t, w = diffusion.timestep_sampler.sample(B, generator, device)`, weights the per-sample
+    loss by w and feeds the losses back with `.update(t, loss)`.
+    """
+    diffusion = GaussianDiffusion(
         betas_for(schedule, int(timesteps)),
         prediction=prediction,
         learn_sigma=learn_sigma,
@@ -44,15 +48,20 @@ def create_diffusion(
         rescale_timesteps=rescale_timesteps,
         clip_x0=clip_x0,
     )
+    diffusion.timestep_sampler = create_timestep_sampler(timestep_sampler, diffusion.num_timesteps)
+    return diffusion
 
 
 __all__ = [
     "SAMPLERS",
     "DiffusionSchedule",
     "GaussianDiffusion",
+    "LossSecondMomentResampler",
+    "UniformSampler",
     "betas_for",
     "cfg_model_fn",
     "create_diffusion",
+    "create_timestep_sampler",
     "ddim_sample",
     "ddpm_sample",
     "dpmpp_sample",

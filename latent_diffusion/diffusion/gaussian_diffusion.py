@@ -21,6 +21,7 @@ import torch
 
 from latent_diffusion.diffusion.losses import gaussian_nll, mean_flat, normal_kl
 from latent_diffusion.diffusion.schedule import DiffusionSchedule, extract
+from latent_diffusion.diffusion.timestep_sampler import UniformSampler
 from latent_diffusion.utils.errors import UserError
 
 PREDICTIONS = ("eps", "v", "x0")
@@ -69,6 +70,8 @@ class GaussianDiffusion:
         self.rescale_timesteps = rescale_timesteps
         self.clip_x0 = clip_x0
         self.fixed_variance = fixed_variance
+        # the training loop draws t from it; create_diffusion swaps in the configured one
+        self.timestep_sampler = UniformSampler(self.num_timesteps)
 
     # ---------------------------------------------------------------- model calls
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
