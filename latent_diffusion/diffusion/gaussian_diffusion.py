@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from latent_diffusion.diffusion.losses import gaussian_nll, mean_flat, normal_kl
-from latent_diffusion.diffusion.schedule import DiffusionSchedule, extract
+from latent_diffusion.diffusion.schedule import DiffusionSchedule
 from latent_diffusion.diffusion.timestep_sampler import UniformSampler
 from latent_diffusion.utils.errors import UserError
 
@@ -76,7 +75,7 @@ class GaussianDiffusion:
     # ---------------------------------------------------------------- model calls
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         """Index into this schedule -> the timestep the denoiser was trained with."""
-        mapped = torch.as_tensor(self.schedule.timestep_map, device=t.device)[t.long()]
+        mapped = self.schedule.original_timesteps(t)
         if self.rescale_timesteps:  # guided-diffusion's option: t always in [0, 1000)
             return mapped.float() * (1000.0 / self.original_num_steps)
         return mapped
@@ -98,22 +97,20 @@ class GaussianDiffusion:
         """x_t = sqrt(acp_t) x0 + sqrt(1 - acp_t) eps (DDPM eq. 4)."""
         noise = torch.randn_like(x0) if noise is None else noise
         s = self.schedule
-        return extract(s.sqrt_alphas_cumprod, t, x0) * x0 + extract(
-            s.sqrt_one_minus_alphas_cumprod, t, x0
-        ) * noise
+        return s.at("sqrt_alphas_cumprod", t, x0) * x0 + s.at("sqrt_one_minus_alphas_cumprod", t, x0) * noise
 
     def q_posterior_mean_variance(self, x0, x_t, t):
         """q(x_{t-1} | x_t, x0) (DDPM eq. 6-7) -> (mean, variance, log_variance_clipped)."""
         s = self.schedule
-        mean = extract(s.posterior_mean_coef1, t, x_t) * x0 + extract(s.posterior_mean_coef2, t, x_t) * x_t
-        return mean, extract(s.posterior_variance, t, x_t), extract(s.posterior_log_variance_clipped, t, x_t)
+        mean = s.at("posterior_mean_coef1", t, x_t) * x0 + s.at("posterior_mean_coef2", t, x_t) * x_t
+        return mean, s.at("posterior_variance", t, x_t), s.at("posterior_log_variance_clipped", t, x_t)
 
     # ---------------------------------------------- eps <-> x0 <-> v conversions
     # With a_t = sqrt(acp_t), s_t = sqrt(1 - acp_t): x_t = a x0 + s eps and
     # v = a eps - s x0 (Salimans & Ho 2022, sec. 4); a^2 + s^2 = 1.
     def _a_s(self, t, x):
         s = self.schedule
-        return extract(s.sqrt_alphas_cumprod, t, x), extract(s.sqrt_one_minus_alphas_cumprod, t, x)
+        return s.at("sqrt_alphas_cumprod", t, x), s.at("sqrt_one_minus_alphas_cumprod", t, x)
 
     def x0_from_eps(self, x_t, t, eps):
         a, s = self._a_s(t, x_t)
@@ -167,17 +164,15 @@ class GaussianDiffusion:
         if self.learn_sigma:
             # Improved DDPM eq. 15: the net outputs v in [-1, 1] (not enforced) and the
             # log variance interpolates between log beta_tilde_t (v = -1) and log beta_t (v = +1).
-            min_log = extract(s.posterior_log_variance_clipped, t, x_t)
-            max_log = extract(s.log_betas, t, x_t)
+            min_log = s.at("posterior_log_variance_clipped", t, x_t)
+            max_log = s.at("log_betas", t, x_t)
             frac = (var_v + 1) / 2
             log_var = frac * max_log + (1 - frac) * min_log
         else:
             if self.fixed_variance == "large":
-                # beta_t, with beta_tilde_1 at t = 0 for a better L_0 (as guided-diffusion)
-                var = np.append(s.posterior_variance[1:2], s.betas[1:]) if s.num_timesteps > 1 else s.betas
-                log_var = extract(np.log(var), t, x_t).expand_as(x_t)
+                log_var = s.at("log_variance_fixed_large", t, x_t).expand_as(x_t)
             else:
-                log_var = extract(s.posterior_log_variance_clipped, t, x_t).expand_as(x_t)
+                log_var = s.at("posterior_log_variance_clipped", t, x_t).expand_as(x_t)
         x0, eps = self.predict_x0_eps(pred, x_t, t)
         mean, _, _ = self.q_posterior_mean_variance(x0, x_t, t)
         return dict(mean=mean, variance=torch.exp(log_var), log_variance=log_var, pred_x0=x0, pred_eps=eps)

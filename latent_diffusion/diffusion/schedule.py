@@ -89,10 +89,35 @@ class DiffusionSchedule:
             (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
         )
         self.log_betas = np.log(betas)
+        # DDPM's sigma_t^2 = beta_t, with beta_tilde_1 at t = 0 for a better L_0 (guided-diffusion's FIXED_LARGE)
+        self.log_variance_fixed_large = np.log(
+            np.append(self.posterior_variance[1], betas[1:]) if T > 1 else betas
+        )
+        self._device_cache: dict = {}
 
     def tensor(self, name: str, device=None, dtype=torch.float64) -> torch.Tensor:
         """A schedule buffer as a torch tensor (shape (T,))."""
         return torch.as_tensor(getattr(self, name), dtype=dtype, device=device)
+
+    def at(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Buffer `name` at indices t, broadcast to `like`: (B,) -> (B, 1, 1, 1) in like's dtype.
+
+        The float64 buffer is copied to t's device once and cached: a host-to-device copy
+        in every step of a sampling loop would stall the GPU queue.
+        """
+        key = (name, str(t.device))
+        buf = self._device_cache.get(key)
+        if buf is None:
+            buf = self._device_cache[key] = self.tensor(name, device=t.device)
+        return buf[t.long()].to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+    def original_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        """timestep_map[t] on t's device, (B,) long."""
+        key = ("timestep_map", str(t.device))
+        buf = self._device_cache.get(key)
+        if buf is None:
+            buf = self._device_cache[key] = torch.as_tensor(self.timestep_map, device=t.device)
+        return buf[t.long()]
 
 
 def extract(arr: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
