@@ -231,3 +231,27 @@ def test_importance_sampling_is_uniform_until_warm_then_unbiased():
     np.testing.assert_array_equal(fresh.weights(), rs.weights())
     with pytest.raises(UserError, match="timestep_sampler='lossaware'"):
         create_diffusion(timestep_sampler="lossaware")
+
+
+def test_vb_is_the_kl_between_true_and_model_posteriors_in_bits():
+    d = GaussianDiffusion(betas_for("cosine", 1000), prediction="v", learn_sigma=True)
+    torch.manual_seed(1)
+    x0, noise = torch.randn(3, 4, 4, 4, dtype=torch.float64), torch.randn(3, 4, 4, 4, dtype=torch.float64)
+    t = torch.tensor([1, 250, 998])
+    x_t = d.q_sample(x0, t, noise)
+    out = torch.cat([torch.randn_like(x0), torch.rand_like(x0) * 2 - 1], 1)  # any prediction, v in [-1, 1]
+    q_mean, q_var, _ = d.q_posterior_mean_variance(x0, x_t, t)
+    p = d.p_mean_variance(out, x_t, t)
+    kl = torch.distributions.kl_divergence(
+        torch.distributions.Normal(q_mean, q_var.sqrt().expand_as(q_mean)),
+        torch.distributions.Normal(p["mean"], p["variance"].sqrt()),
+    )
+    torch.testing.assert_close(d.vb_terms_bpd(out, x0, x_t, t), kl.mean((1, 2, 3)) / math.log(2))
+
+
+def test_rescaled_timesteps_reach_the_model_as_in_guided_diffusion():
+    d = GaussianDiffusion(betas_for("linear", 500), rescale_timesteps=True)
+    r = respaced(d, [0, 10, 499])
+    torch.testing.assert_close(r.model_timesteps(torch.tensor([0, 1, 2])), torch.tensor([0.0, 20.0, 998.0]))
+    plain = respaced(GaussianDiffusion(betas_for("linear", 500)), [0, 10, 499])
+    assert plain.model_timesteps(torch.tensor([1, 2])).tolist() == [10, 499]
