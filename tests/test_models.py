@@ -145,7 +145,7 @@ def test_bad_attention_resolution_names_the_fix():
 
 def test_sizes_ordered_and_registry_matches_yaml():
     counts = {}
-    for size, sample_size in [("tiny", 16), ("small", 16), ("base", 32)]:
+    for size, sample_size in [("tiny", 16), ("small", 16), ("base", 32), ("dit_s", 16)]:
         cfg = OmegaConf.load(CONF / f"{size}.yaml")
         registry = {k: v for k, v in MODELS[size].items()}
         from_yaml = {k: cfg[k] for k in registry}
@@ -154,7 +154,7 @@ def test_sizes_ordered_and_registry_matches_yaml():
         with torch.device("meta"):  # no memory for the 300M base model
             model = instantiate(cfg, in_channels=4, num_classes=8, sample_size=sample_size, learn_sigma=True)
         counts[size] = model.num_params
-    assert counts["tiny"] < counts["small"] < counts["base"]
+    assert counts["tiny"] < counts["small"] < counts["dit_s"] < counts["base"]
     assert counts["tiny"] < 1_500_000 and 2_000_000 < counts["small"] < 20_000_000
 
 
@@ -201,3 +201,45 @@ def test_training_step_reduces_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.01
+
+
+# ----------------------------------------------------------------------------
+# DiT
+# ----------------------------------------------------------------------------
+
+DIT_MINI = dict(arch="dit", hidden_size=64, depth=2, head_dim=32, patch_size=2)
+
+
+def test_dit_shape_zero_init_and_conditioning():
+    model = build_denoiser(in_channels=4, num_classes=5, sample_size=16, learn_sigma=True, **DIT_MINI)
+    x, t, _ = _inputs(1, 4, 16)
+    xs, ts = x.expand(3, -1, -1, -1), t.expand(3)
+    ys = torch.tensor([0, 1, 5])  # 5 = null class
+    with torch.no_grad():
+        out = model.eval()(xs, ts, ys)
+    assert out.shape == (3, 8, 16, 16)
+    assert torch.equal(out, torch.zeros_like(out))  # adaLN-Zero + zero final layer
+    _perturb(model)
+    with torch.no_grad():
+        out = model(xs, ts, ys)
+    assert (out[0] - out[1]).abs().max() > 1e-3 and (out[0] - out[2]).abs().max() > 1e-3
+
+
+def test_dit_drops_labels_once_for_all_blocks():
+    """diffusers' DiT drops labels in every block separately; ours drops once, before the blocks."""
+    torch.manual_seed(0)
+    model = build_denoiser(
+        in_channels=4, num_classes=5, sample_size=16, learn_sigma=False, p_uncond=0.5, **DIT_MINI
+    ).train()
+    seen = []
+    embedders = [b.norm1.emb.class_embedder for b in model.dit.transformer_blocks]
+    handles = [e.embedding_table.register_forward_hook(lambda m, i, o: seen.append(i[0])) for e in embedders]
+    y = torch.randint(0, 5, (64,))
+    x, t, _ = _inputs(64, 4, 16)
+    with torch.no_grad():
+        model(x, t, y)
+    for h in handles:
+        h.remove()
+    assert len(seen) >= 2 and all(torch.equal(s, seen[0]) for s in seen)
+    assert 0.3 < (seen[0] == 5).float().mean().item() < 0.7  # p=0.5 drop did happen
+    assert embedders[0].embedding_table.num_embeddings == 6

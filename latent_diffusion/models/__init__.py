@@ -41,6 +41,11 @@ MODELS: dict[str, dict[str, Any]] = {
         arch="adm_unet", base_channels=192, channel_mult=(1, 2, 3, 4), num_res_blocks=3,
         attention_resolutions=(16, 8, 4), head_dim=64, dropout=0.1, p_uncond=0.1,
     ),
+    # DiT-S/2 (Peebles & Xie 2023): the transformer alternative, ~35M parameters.
+    "dit_s": dict(
+        arch="dit", hidden_size=384, depth=12, head_dim=64, patch_size=2, dropout=0.0,
+        p_uncond=0.1,
+    ),
 }
 
 # Filled by the training code: in_channels from the VAE (or 1 for pixel baselines),
