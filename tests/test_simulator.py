@@ -248,6 +248,9 @@ def test_source_splits_cache_and_errors(tmp_path, monkeypatch):
         MicroDopplerSource(radar={"carrier": 24e9})
     with pytest.raises(UserError, match="unambiguous"):
         MicroDopplerSource(radar={"prf_hz": 200})
+    with pytest.raises(UserError, match="window_s < duration_s"):
+        MicroDopplerSource(radar={"window_s": 5})
+    assert RadarConfig.make({"v_max": None, "prf_hz": 2000}) == RadarConfig(prf_hz=2000.0)  # null = default
 
 
 def test_build_source_by_name():

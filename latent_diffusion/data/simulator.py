@@ -16,6 +16,7 @@ import dataclasses
 import io
 import json
 import multiprocessing as mp
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,10 +57,16 @@ class RadarConfig:
         if isinstance(radar, RadarConfig):
             return radar
         fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(dict(radar)) - fields
+        given = {k: v for k, v in dict(radar).items() if v is not None}  # null = default
+        unknown = set(given) - fields
         if unknown:
             raise UserError(f"unknown radar option(s) {sorted(unknown)}; valid: {sorted(fields)} (data.radar)")
-        cfg = cls(**{k: float(v) for k, v in dict(radar).items()})
+        try:
+            cfg = cls(**{k: float(v) for k, v in given.items()})
+        except (TypeError, ValueError) as err:
+            raise UserError(f"radar options {given} must be numbers: {err}") from None
+        if min(dataclasses.astuple(cfg)) <= 0 or cfg.window_s >= cfg.duration_s:
+            raise UserError(f"radar options must be positive with window_s < duration_s, got {cfg}")
         if cfg.v_max > cfg.wavelength * cfg.prf_hz / 4:
             raise UserError(
                 f"radar.v_max={cfg.v_max} exceeds the unambiguous velocity lambda*PRF/4="
@@ -251,7 +258,7 @@ class MicroDopplerSource:
         val_per_class: int | None = None,
         test_per_class: int | None = None,
         cache_dir: str | None = None,
-        workers: int = 0,
+        workers: int | None = None,
     ):
         classes = list(CLASSES) if classes is None else [str(c) for c in classes]
         bad = [c for c in classes if c not in CLASSES]
@@ -274,7 +281,8 @@ class MicroDopplerSource:
             "test": default_eval if test_per_class is None else int(test_per_class),
         }
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
-        self.workers = int(workers)
+        # None: a process per core (at most 8) for splits big enough to pay the pool start-up
+        self.workers = min(8, os.cpu_count() or 1) if workers is None else int(workers)
         self._splits: dict[str, SimulatedSplit] = {}
 
     def fingerprint(self) -> dict:
@@ -288,9 +296,9 @@ class MicroDopplerSource:
         }
 
     def _generate(self, name):
-        return generate(
-            self.class_names, self.counts[name], name, self.seed, self.image_size, self.radar, self.workers
-        )
+        n = self.counts[name] * len(self.class_names)
+        workers = self.workers if n >= 64 else 0
+        return generate(self.class_names, self.counts[name], name, self.seed, self.image_size, self.radar, workers)
 
     def split(self, name: str) -> Dataset:
         if name not in SPLITS:
@@ -318,3 +326,32 @@ class MicroDopplerSource:
                 return pix, labels, params
         with np.load(path) as z:
             return z["pixels"], z["labels"], json.loads(str(z["params"]))
+
+
+# ------------------------------------------------------------- throughput
+
+
+def throughput(image_size: int = 64, n_per_class: int = 50, workers: int = 0) -> tuple[float, float]:
+    """Spectrograms per minute for one `generate` over all 8 classes: (wall clock, per CPU
+    core from the CPU time of this process and its pool). On a busy machine the wall
+    rate drops while the per-core rate stays close to what an idle core gives."""
+    import resource
+    import time
+
+    def cpu():
+        self_, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return self_.ru_utime + self_.ru_stime + kids.ru_utime + kids.ru_stime
+
+    t0, c0 = time.perf_counter(), cpu()
+    generate(list(CLASSES), n_per_class, "train", 0, image_size, RadarConfig(), workers)
+    n = n_per_class * len(CLASSES)
+    return 60 * n / (time.perf_counter() - t0), 60 * n / (cpu() - c0)
+
+
+if __name__ == "__main__":
+    # python -m latent_diffusion.data.simulator [n_per_class]: the numbers in docs/data.md
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 50
+    for size in (64, 128):
+        for w in (0, os.cpu_count() or 1):
+            wall, core = throughput(size, n, w)
+            print(f"image_size={size} workers={w}: {wall:.0f} spectrograms/min wall, {core:.0f} per core")
