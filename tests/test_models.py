@@ -16,6 +16,8 @@ from latent_diffusion.utils.errors import UserError
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 TINY = dict(base_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,), head_dim=32)
+# The same family at 8x8 for tests where only behaviour, not geometry, matters (4x cheaper).
+MICRO = {**TINY, "attention_resolutions": (4,)}
 
 
 def _inputs(b: int, c: int, size: int, num_classes: int = 5, seed: int = 0):
@@ -60,13 +62,13 @@ def test_output_shape_and_zero_init(in_ch, size, mult, learn_sigma):
 @torch.no_grad()
 def test_class_and_time_conditioning_and_null_class():
     torch.manual_seed(0)
-    model = ADMUNet(in_channels=4, num_classes=5, sample_size=16, **TINY).eval()
+    model = ADMUNet(in_channels=4, num_classes=5, sample_size=8, **MICRO).eval()
     _perturb(model)
-    x, t, _ = _inputs(1, 4, 16)
+    x, t, _ = _inputs(1, 4, 8)
     # One batch: the same x and t under the 5 classes and the null class 5, then a later t.
     xs, ts = x.expand(7, -1, -1, -1), torch.cat([t.expand(6), (t + 500) % 1000])
     ys = torch.tensor([0, 1, 2, 3, 4, 5, 0])
-    out = model(xs, ts, ys)  # (7, 8, 16, 16)
+    out = model(xs, ts, ys)  # (7, 8, 8, 8)
     for a in range(7):
         for b in range(a + 1, 7):
             assert (out[a] - out[b]).abs().max() > 1e-3, f"rows {a} and {b} give the same output"
@@ -91,7 +93,7 @@ def _labels_seen(model: ADMUNet, y: torch.Tensor) -> torch.Tensor:
     """The labels that actually reach the class embedding in one forward pass."""
     seen = []
     handle = model.unet.class_embedding.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
-    x, t, _ = _inputs(y.shape[0], 4, 16)
+    x, t, _ = _inputs(y.shape[0], 4, 8)
     with torch.no_grad():
         model(x, t, y)
     handle.remove()
@@ -100,7 +102,7 @@ def _labels_seen(model: ADMUNet, y: torch.Tensor) -> torch.Tensor:
 
 def test_label_dropout_only_in_training():
     torch.manual_seed(0)
-    model = ADMUNet(in_channels=4, num_classes=5, sample_size=16, p_uncond=0.3, **TINY)
+    model = ADMUNet(in_channels=4, num_classes=5, sample_size=8, p_uncond=0.3, **MICRO)
     y = torch.randint(0, 5, (96,))
     seen_train = _labels_seen(model.train(), y)
     rate = (seen_train == model.null_class).float().mean().item()
@@ -174,14 +176,14 @@ def test_yaml_instantiates_working_model_and_requires_filled_keys():
 
 
 def test_channels_last_matches_default_layout():
-    kw = dict(in_channels=4, num_classes=5, sample_size=16, **TINY)
+    kw = dict(in_channels=4, num_classes=5, sample_size=8, **MICRO)
     torch.manual_seed(0)
     a = ADMUNet(**kw).eval()
     _perturb(a)
     b = ADMUNet(**kw, channels_last=True).eval()
     b.load_state_dict(a.state_dict())
     assert b.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    x, t, y = _inputs(1, 4, 16)
+    x, t, y = _inputs(1, 4, 8)
     with torch.no_grad():
         torch.testing.assert_close(a(x, t, y), b(x, t, y), rtol=1e-4, atol=1e-5)
 
@@ -189,9 +191,9 @@ def test_channels_last_matches_default_layout():
 def test_training_step_reduces_loss():
     """The zero-initialised model is trainable: a few AdamW steps lower the MSE to a fixed target."""
     torch.manual_seed(0)
-    model = ADMUNet(in_channels=4, num_classes=5, sample_size=16, learn_sigma=False, p_uncond=0.0, **TINY)
+    model = ADMUNet(in_channels=4, num_classes=5, sample_size=8, learn_sigma=False, p_uncond=0.0, **MICRO)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x, t, y = _inputs(4, 4, 16)
+    x, t, y = _inputs(4, 4, 8)
     target = torch.randn_like(x)
     losses = []
     for _ in range(5):
@@ -223,6 +225,10 @@ def test_dit_shape_zero_init_and_conditioning():
     with torch.no_grad():
         out = model(xs, ts, ys)
     assert (out[0] - out[1]).abs().max() > 1e-3 and (out[0] - out[2]).abs().max() > 1e-3
+    rebuilt = build_denoiser(**model.denoiser_config).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(xs, ts, ys), out)
 
 
 def test_dit_drops_labels_once_for_all_blocks():
@@ -243,3 +249,23 @@ def test_dit_drops_labels_once_for_all_blocks():
     assert len(seen) >= 2 and all(torch.equal(s, seen[0]) for s in seen)
     assert 0.3 < (seen[0] == 5).float().mean().item() < 0.7  # p=0.5 drop did happen
     assert embedders[0].embedding_table.num_embeddings == 6
+
+
+def test_rebuild_from_denoiser_config_and_diffusers_export(tmp_path):
+    """An export = denoiser_config (JSON) + weights; the UNet also round-trips through save_pretrained."""
+    import json
+
+    from diffusers import UNet2DModel
+
+    model = create_model("tiny", in_channels=4, num_classes=3, sample_size=16, learn_sigma=True).eval()
+    _perturb(model)
+    config = json.loads(json.dumps(model.denoiser_config))  # must be plain JSON
+    rebuilt = build_denoiser(**config).eval()
+    rebuilt.load_state_dict(model.state_dict())  # strict: same architecture, same names
+    model.unet.save_pretrained(tmp_path / "unet")  # safetensors, as the export stage writes it
+    reloaded = UNet2DModel.from_pretrained(tmp_path / "unet").eval()
+    x, t, y = _inputs(1, 4, 16, num_classes=3)
+    with torch.no_grad():
+        ref = model(x, t, y)
+        torch.testing.assert_close(rebuilt(x, t, y), ref)
+        torch.testing.assert_close(reloaded(x, t, class_labels=y).sample, ref)

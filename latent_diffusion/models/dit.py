@@ -45,6 +45,13 @@ class DiT(nn.Module):
         p_uncond: float = 0.1,
     ):
         super().__init__()
+        # Everything build_denoiser needs to rebuild this architecture (exports, `sample`).
+        self.denoiser_config = dict(
+            arch="dit", in_channels=in_channels, num_classes=num_classes,
+            sample_size=sample_size, learn_sigma=learn_sigma, hidden_size=hidden_size,
+            depth=depth, head_dim=head_dim, patch_size=patch_size, dropout=dropout,
+            p_uncond=p_uncond,
+        )
         if hidden_size % head_dim:
             raise UserError(
                 f"model.hidden_size={hidden_size} is not a multiple of model.head_dim={head_dim}"

@@ -161,6 +161,14 @@ class ADMUNet(nn.Module):
     ):
         super().__init__()
         channel_mult = tuple(int(m) for m in channel_mult)
+        # Everything build_denoiser needs to rebuild this architecture (exports, `sample`).
+        self.denoiser_config = dict(
+            arch="adm_unet", in_channels=in_channels, num_classes=num_classes,
+            sample_size=sample_size, learn_sigma=learn_sigma, base_channels=base_channels,
+            channel_mult=list(channel_mult), num_res_blocks=num_res_blocks,
+            attention_resolutions=[int(r) for r in attention_resolutions], head_dim=head_dim,
+            dropout=dropout, p_uncond=p_uncond, norm_groups=norm_groups,
+        )
         attn = attention_levels(sample_size, channel_mult, attention_resolutions)
         _check_geometry(sample_size, base_channels, channel_mult, attn, head_dim, norm_groups)
         if num_classes < 1:
