@@ -11,7 +11,7 @@ from torch import nn
 from latent_diffusion.lit.ema import EMA
 from latent_diffusion.models.unet import ADMUNet
 
-TINY = dict(base_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,), head_dim=32)
+MICRO = dict(base_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,), head_dim=32)
 
 
 def _net(seed: int = 0) -> nn.Module:
@@ -71,11 +71,11 @@ def test_half_life_in_images():
 
 
 def test_swap_into_restores_training_weights_exactly():
-    model = ADMUNet(in_channels=4, num_classes=3, sample_size=16, **TINY)
+    model = ADMUNet(in_channels=4, num_classes=3, sample_size=8, **MICRO)
     ema = EMA(model)
     _randomize(model, 3)
     trained = {k: v.clone() for k, v in model.state_dict().items()}
-    x, t, y = torch.randn(1, 4, 16, 16), torch.tensor([5]), torch.tensor([1])
+    x, t, y = torch.randn(1, 4, 8, 8), torch.tensor([5]), torch.tensor([1])
     with ema.swap_into(model.eval()) as swapped:
         assert swapped is model
         for name, avg in ema.shadow().items():
@@ -131,3 +131,18 @@ def test_holds_no_trainable_parameters_and_lives_in_the_parent_checkpoint():
     assert "ema.0/weight" in keys and "ema.1/running_mean" in keys and "ema.num_updates" in keys
     # Integer buffers (BatchNorm's num_batches_tracked) are not averaged.
     assert "1.num_batches_tracked" not in lit.ema.names
+
+
+def test_compiled_wrapper_uses_the_same_names():
+    """torch.compile's wrapper prefixes keys with _orig_mod.; the EMA sees through it.
+    (Wrapping is lazy: nothing is compiled unless the module is called.)"""
+    model = _net()
+    compiled = torch.compile(model)
+    assert "_orig_mod.0.weight" in compiled.state_dict()
+    ema = EMA(compiled, decay=0.5, warmup=False)
+    assert "0.weight" in ema.names
+    _randomize(model, 4)
+    ema.update(compiled, step=0)
+    target = _net(seed=9)
+    ema.copy_to(torch.compile(target))
+    torch.testing.assert_close(target[0].weight, ema.shadow()["0.weight"])

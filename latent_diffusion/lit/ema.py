@@ -26,6 +26,12 @@ import torch
 from torch import nn
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    # torch.compile wraps the module and prefixes its state_dict keys with "_orig_mod.";
+    # the EMA always works on the plain module so names match either way.
+    return getattr(model, "_orig_mod", model)
+
+
 def _key(name: str) -> str:
     # Buffer names may not contain '.'; '/' keeps the parameter path readable in checkpoints.
     return name.replace(".", "/")
@@ -46,6 +52,7 @@ class EMA(nn.Module):
         half_life_images: float | None = None,
     ):
         super().__init__()
+        model = _unwrap(model)
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay={decay} must be in [0, 1)")
         self.decay = decay
@@ -90,7 +97,7 @@ class EMA(nn.Module):
                 return False
             self.last_step.fill_(int(step))
         beta = self.decay_at(int(self.num_updates), images_per_step)
-        current = model.state_dict()
+        current = _unwrap(model).state_dict()
         shadow = [getattr(self, _key(n)) for n in self.names]
         source = [
             current[n].detach().to(device=s.device, dtype=s.dtype)
@@ -104,7 +111,7 @@ class EMA(nn.Module):
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
         """Load the averaged weights into `model` (cast to its dtype and device)."""
-        current = model.state_dict()
+        current = _unwrap(model).state_dict()
         for name, avg in self.shadow().items():
             current[name].copy_(avg)
 
@@ -112,13 +119,14 @@ class EMA(nn.Module):
     def swap_into(self, model: nn.Module) -> Iterator[nn.Module]:
         """`with ema.swap_into(denoiser): sample(...)` — EMA weights inside, training weights after."""
         averaged = set(self.names)
-        backup = {n: t.detach().clone() for n, t in model.state_dict().items() if n in averaged}
+        plain = _unwrap(model)
+        backup = {n: t.detach().clone() for n, t in plain.state_dict().items() if n in averaged}
         self.copy_to(model)
         try:
             yield model
         finally:
             with torch.no_grad():
-                current = model.state_dict()
+                current = plain.state_dict()
                 for name, saved in backup.items():
                     current[name].copy_(saved)
 

@@ -239,7 +239,8 @@ class ADMUNet(nn.Module):
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """x: (B, C, H, W) noisy latents; t: (B,) long in [0, T); y: (B,) long or None (= null)."""
+        """x: (B, C, H, W) noisy latents; t: (B,) long in [0, T) (float when the diffusion
+        rescales timesteps); y: (B,) long in [0, num_classes] or None (= null class)."""
         if y is None:
             y = torch.full((x.shape[0],), self.null_class, dtype=torch.long, device=x.device)
         y = self.label_dropout(y)  # (B,), null class with prob p_uncond in training only
