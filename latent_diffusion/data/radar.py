@@ -62,7 +62,7 @@ def upsample_cubic(x, factor):
     Body motion is below ~20 Hz, so ranges computed at PRF / 8 and interpolated
     are accurate to micrometres (error ~ h^4 max|R^(4)| / 384), a phase error of
     ~1e-3 rad; this makes the kinematics 8x cheaper."""
-    r = np.arange(factor) / factor  # fractional positions in [0, 1) after tap 1
+    r = np.arange(factor, dtype=x.dtype) / factor  # fractional positions in [0, 1) after tap 1
     # Lagrange weights for taps at -1, 0, 1, 2
     w = np.stack([-r * (r - 1) * (r - 2) / 6, (r + 1) * (r - 1) * (r - 2) / 2,
                   -(r + 1) * r * (r - 2) / 2, (r + 1) * r * (r - 1) / 6])  # (4, factor)
@@ -71,26 +71,31 @@ def upsample_cubic(x, factor):
     return (taps.reshape(-1, 4) @ w).reshape(x.shape[0], m * factor)  # one BLAS call
 
 
-def echo(world_joints, radar_pos, wavelength, snr_db, clutter_db, rng, factor=1):
-    """Complex baseband returns sampled at the PRF for joints (T_kin, 3) in the radar's frame,
-    sampled every `factor` pulses (see upsample_cubic: T_pulses = (T_kin - 3) * factor).
+def echo(joints, pose, radar_pos, wavelength, snr_db, clutter_db, rng, factor=1):
+    """Complex baseband returns sampled at the PRF for body-frame joints (T_kin, 3) placed
+    in the radar's frame by pose = (rot (3, 3), origin (3,)): world = body @ rot + origin.
+    Joints are sampled every `factor` pulses (upsample_cubic: T_pulses = (T_kin - 3) * factor).
 
     snr_db: mean body return power over noise power per pulse.
     clutter_db: stationary (zero-Doppler) return power relative to the body return;
     no 2-pulse canceller is applied, so slow activities keep their low-Doppler
     energy (design.md section 6)."""
-    centres, axes, half, radii = scatterers(world_joints)
-    rel = centres - radar_pos  # (K, T_kin, 3)
+    centres, axes, half, radii = scatterers(joints)  # body frame
+    rot, origin = pose
+    rel = centres @ rot + (origin - radar_pos)  # (K, T_kin, 3) from the radar
+    axes = axes @ rot
     rng_k = np.sqrt(np.einsum("ktd,ktd->kt", rel, rel))  # (K, T_kin) ranges R_k(t)
     los = rel / rng_k[..., None]
     sigma = ellipsoid_rcs(los, axes, radii, np.maximum(half, radii))  # (K, T_kin)
     amp = np.sqrt(sigma) / rng_k**2
+    # Work in float32 from here: ranges are taken relative to the nearest one first
+    # (< ~30 m), where float32 keeps ~3 um, i.e. ~1e-3 rad of phase at 5.8 GHz.
+    both = np.concatenate([rng_k - rng_k.min(), amp]).astype(np.float32)  # (2K, T_kin)
     if factor > 1:
-        rng_k, amp = upsample_cubic(rng_k, factor), upsample_cubic(amp, factor)
-    # exp(-j 4 pi R / lambda) as cos / sin in float32: the phase is taken relative to the
-    # nearest range first, so it stays below ~1e3 rad where float32 keeps ~1e-4 rad.
-    phase = (4 * np.pi / wavelength * (rng_k - rng_k.min())).astype(np.float32)  # (K, T)
-    amp = amp.astype(np.float32)
+        both = upsample_cubic(both, factor)  # (2K, T) one BLAS call for ranges and amplitudes
+    k = rng_k.shape[0]
+    phase = both[:k] * np.float32(4 * np.pi / wavelength)  # (K, T) exp(-j 4 pi R / lambda)
+    amp = both[k:]
     body = np.einsum("kt,kt->t", amp, np.cos(phase)) - 1j * np.einsum("kt,kt->t", amp, np.sin(phase))  # (T,)
     p_body = float(np.mean(np.abs(body) ** 2))
     t = body.shape[0]
@@ -99,7 +104,7 @@ def echo(world_joints, radar_pos, wavelength, snr_db, clutter_db, rng, factor=1)
     wander = 1 + 0.03 * np.cumsum(rng.standard_normal(t)) / np.sqrt(t)
     clutter = np.sqrt(p_body * 10 ** (clutter_db / 10)) * np.exp(2j * np.pi * rng.random()) * wander
     noise_sd = np.sqrt(p_body * 10 ** (-snr_db / 10) / 2)
-    noise = noise_sd * (rng.standard_normal(t) + 1j * rng.standard_normal(t))
+    noise = noise_sd * rng.standard_normal(2 * t).view(np.complex128)  # (re, im) pairs
     return body + clutter + noise
 
 

@@ -32,7 +32,7 @@ from latent_diffusion.utils.errors import UserError
 from latent_diffusion.utils.io import atomic_write_bytes, atomic_write_json, stable_hash
 
 CLASSES = ("walk", "run", "jump", "fall", "sit_down", "stand_up", "pick_up", "box")
-SIM_VERSION = 1  # bump when the physics changes: it is part of every cache key
+SIM_VERSION = 2  # bump when the physics changes: it is part of every cache key
 KIN_DECIMATION = 4  # kinematics at PRF / 4 (250 Hz), ranges interpolated (radar.upsample_cubic)
 SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}  # disjoint seed streams
 
@@ -170,12 +170,11 @@ def render(cls_name: str, p: dict, radar: RadarConfig, image_size: int, rng: np.
     up = np.array([0.0, 0.0, 1.0])
     rot = np.stack([fwd, left, up])  # rows: body axes in world coordinates
     start = np.array([p["range_m"], 0.0, 0.0])
-    world = {k: v @ rot + start for k, v in joints.items()}
     radar_pos = np.array([0.0, 0.0, p["radar_height"]])
-    torso = (world["pelvis"] + world["neck"]) / 2 - radar_pos
+    torso = ((joints["pelvis"] + joints["neck"]) / 2) @ rot + start - radar_pos
     dt = KIN_DECIMATION / prf
     p["torso_radial_mps"] = float(np.median(-np.gradient(np.linalg.norm(torso, axis=1), dt)))
-    s = rad.echo(world, radar_pos, lam, p["snr_db"], p["clutter_db"], rng, KIN_DECIMATION)[:n]
+    s = rad.echo(joints, (rot, start), radar_pos, lam, p["snr_db"], p["clutter_db"], rng, KIN_DECIMATION)[:n]
     img = rad.spectrogram(s, prf, radar.window_s, lam, radar.v_max, radar.dynamic_range_db, image_size)
     return img, p
 
