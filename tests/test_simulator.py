@@ -209,7 +209,7 @@ def test_classes_are_separable_by_a_simple_classifier():
         both = torch.cat([x, x.flip(1)], 2)  # facing towards / away: both Doppler signs
         return torch.cat([x.mean(2), x.std(2), both.amax(2), x.std(1).mean(1, keepdim=True)], 1)
 
-    tr_x, tr_y, _ = generate(list(CLASSES), 24, "train", 0, 64, RADAR, workers=2)
+    tr_x, tr_y, _ = generate(list(CLASSES), 16, "train", 0, 64, RADAR, workers=2)
     te_x, te_y, _ = generate(list(CLASSES), 8, "test", 0, 64, RADAR, workers=2)
     ftr, fte = features(tr_x), features(te_x)
     mu, sd = ftr.mean(0), ftr.std(0) + 1e-6
@@ -301,15 +301,23 @@ def test_cli_writes_the_documented_layout(tmp_path):
     assert np.abs(np.asarray(png).astype(int) - np.round(img * 255)).max() <= 1  # row 0 = +v_max
     prev = Image.open(out / "preview.png")
     assert prev.size[1] >= 8 * 64
-    # simulate may replace its own folder, never someone else's
-    assert _cli(f"out_dir={out}", "n_per_class=1", "classes=[fall]", "workers=1", cwd=tmp_path).returncode == 0
+    # simulate may replace its own folder, never someone else's (in-process: same code path)
+    from hydra import compose, initialize_config_dir
+
+    from latent_diffusion.simulate import simulate
+
+    def cfg(out_dir):
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            return compose("simulate", [f"out_dir={out_dir}", "n_per_class=1", "classes=[fall]", "workers=0"])
+
+    simulate(cfg(out))
     assert sorted(p.name for p in out.iterdir()) == ["fall", "metadata.json", "preview.png"]
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
-    r = _cli(f"out_dir={foreign}", "n_per_class=1", cwd=tmp_path)
-    assert r.returncode == 2 and "not written by simulate" in r.stderr
-    assert (foreign / "notes.txt").read_text() == "keep me"
+    with pytest.raises(UserError, match="not written by simulate"):
+        simulate(cfg(foreign))
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
 
 
 def test_cli_bad_class_exits_2_with_a_clear_message(tmp_path):

@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from latent_diffusion.data.kinematics import SEGMENTS
 
@@ -67,8 +66,16 @@ def upsample_cubic(x, factor):
     w = np.stack([-r * (r - 1) * (r - 2) / 6, (r + 1) * (r - 1) * (r - 2) / 2,
                   -(r + 1) * r * (r - 2) / 2, (r + 1) * r * (r - 1) / 6])  # (4, factor)
     m = x.shape[1] - 3
-    taps = np.ascontiguousarray(sliding_window_view(x, 4, axis=1)[:, :m])  # (K, m, 4)
-    return (taps.reshape(-1, 4) @ w).reshape(x.shape[0], m * factor)  # one BLAS call
+    # Per output phase r, four contiguous multiply-adds (no BLAS: a multi-threaded BLAS
+    # on such thin products is slower, badly so on a busy machine).
+    out = np.empty((x.shape[0], m, factor), x.dtype)  # (K, m, factor)
+    taps = [x[:, i : i + m] for i in range(4)]
+    for r in range(factor):
+        o = out[:, :, r]
+        np.multiply(taps[0], w[0, r], out=o)
+        for i in range(1, 4):
+            o += taps[i] * w[i, r]
+    return out.reshape(x.shape[0], m * factor)
 
 
 def echo(joints, pose, radar_pos, wavelength, snr_db, clutter_db, rng, factor=1):
@@ -82,8 +89,8 @@ def echo(joints, pose, radar_pos, wavelength, snr_db, clutter_db, rng, factor=1)
     energy (design.md section 6)."""
     centres, axes, half, radii = scatterers(joints)  # body frame
     rot, origin = pose
-    rel = centres @ rot + (origin - radar_pos)  # (K, T_kin, 3) from the radar
-    axes = axes @ rot
+    rel = np.einsum("ktd,de->kte", centres, rot) + (origin - radar_pos)  # (K, T_kin, 3) from the radar
+    axes = np.einsum("ktd,de->kte", axes, rot)
     rng_k = np.sqrt(np.einsum("ktd,ktd->kt", rel, rel))  # (K, T_kin) ranges R_k(t)
     los = rel / rng_k[..., None]
     sigma = ellipsoid_rcs(los, axes, radii, np.maximum(half, radii))  # (K, T_kin)
@@ -110,14 +117,18 @@ def echo(joints, pose, radar_pos, wavelength, snr_db, clutter_db, rng, factor=1)
 
 @functools.lru_cache(maxsize=16)
 def _velocity_resampler(nfft, prf_hz, wavelength, v_max, rows):
-    """(rows, nfft) antialiasing matrix: each image row integrates the FFT power over
-    its velocity band (triangle weights of width 2 rows), row 0 = +v_max."""
+    """Antialiasing resize along Doppler: each image row integrates the FFT power over its
+    velocity band (triangle weights of width 2 rows), row 0 = +v_max. Returned sparse as
+    (bins (rows, taps), weights (rows, taps)) into the fftshift-ed spectrum."""
     f = np.fft.fftshift(np.fft.fftfreq(nfft, 1.0 / prf_hz))
     v = f * wavelength / 2.0  # radial velocity of each FFT bin
     dv = 2.0 * v_max / rows
     centres = v_max - dv * (np.arange(rows) + 0.5)
-    w = np.clip(1.0 - np.abs(v[None, :] - centres[:, None]) / dv, 0.0, None)
-    return w / w.sum(axis=1, keepdims=True)
+    w = np.clip(1.0 - np.abs(v[None, :] - centres[:, None]) / dv, 0.0, None)  # (rows, nfft)
+    w = w / w.sum(axis=1, keepdims=True)
+    taps = int((w > 0).sum(axis=1).max())
+    bins = np.argsort(-w, axis=1, kind="stable")[:, :taps]  # the non-zero weights of each row
+    return bins, np.take_along_axis(w, bins, axis=1)
 
 
 def spectrogram(s, prf_hz, window_s, wavelength, v_max, dynamic_range_db, size):
@@ -134,6 +145,7 @@ def spectrogram(s, prf_hz, window_s, wavelength, v_max, dynamic_range_db, size):
     nfft = int(2 ** np.ceil(np.log2(max(win, 2 * prf_hz / f_row))))
     spec = np.fft.fftshift(np.fft.fft(frames, n=nfft, axis=1), axes=1)  # (W, nfft)
     power = np.abs(spec) ** 2
-    img = _velocity_resampler(nfft, float(prf_hz), float(wavelength), float(v_max), size) @ power.T  # (H, W)
+    bins, weights = _velocity_resampler(nfft, float(prf_hz), float(wavelength), float(v_max), size)
+    img = np.einsum("whk,hk->hw", power[:, bins], weights)  # (H, W): sparse row integration
     db = 10 * np.log10(np.maximum(img, 1e-30) / max(img.max(), 1e-30))
     return ((np.clip(db, -dynamic_range_db, 0.0) + dynamic_range_db) / dynamic_range_db).astype(np.float32)

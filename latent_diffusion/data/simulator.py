@@ -171,7 +171,7 @@ def render(cls_name: str, p: dict, radar: RadarConfig, image_size: int, rng: np.
     rot = np.stack([fwd, left, up])  # rows: body axes in world coordinates
     start = np.array([p["range_m"], 0.0, 0.0])
     radar_pos = np.array([0.0, 0.0, p["radar_height"]])
-    torso = ((joints["pelvis"] + joints["neck"]) / 2) @ rot + start - radar_pos
+    torso = np.einsum("td,de->te", (joints["pelvis"] + joints["neck"]) / 2, rot) + start - radar_pos
     dt = KIN_DECIMATION / prf
     p["torso_radial_mps"] = float(np.median(-np.gradient(np.linalg.norm(torso, axis=1), dt)))
     s = rad.echo(joints, (rot, start), radar_pos, lam, p["snr_db"], p["clutter_db"], rng, KIN_DECIMATION)[:n]
