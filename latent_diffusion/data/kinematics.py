@@ -201,30 +201,30 @@ def _both(a, b=None):
 def walk(t, p, body):
     """Boulic-Thalmann walking, gait cycle from the relative velocity rv = v / H_t.
 
-    Relative cycle length 1.346 sqrt(rv) (Boulic eq. 1) -> cycle duration
-    1.346 sqrt(rv) / (rv H_t) seconds; support duration 0.752 D_c - 0.143.
-    Control points of hip / knee / ankle / elbow curves: Boulic appendix C-D."""
+    Relative cycle length RL_c = 1.346 sqrt(rv) (in units of H_t), so the cycle
+    lasts RL_c H_t / v = 1.346 / sqrt(rv) s (draw_params sets p["cycle_s"]);
+    relative support duration 0.752 D_c - 0.143. Control points of the hip /
+    knee / ankle / elbow curves: Boulic appendices C-D (gait 'b', blended to 'c'
+    above rv = 1.3 as in Chen's implementation)."""
     rv, ht = p["speed"] / body.leg, body.leg
     dc = 1.346 * np.sqrt(rv) / rv  # relative cycle duration (in units of H_t / v)
     ds = (0.752 * dc - 0.143) / dc  # relative support duration
     phase_r = t / p["cycle_s"] + p["phase0"]
-    k = np.clip((rv - 1.3) / 1.7, 0.0, 1.0)  # Boulic's gait 'c' interpolates above rv = 1.3
-    hip = lambda ph: periodic(ph, [(0.2 * k - 0.1, 25 + 5 * k), (0.5, -15), (0.9, 25 + 6 * k)])  # noqa: E731
-    knee = lambda ph: periodic(  # noqa: E731
-        ph, [(0.17 - 0.05 * k, 3 + 22 * k), (0.4, 3), (0.75 - 0.05 * k, 70 - 5 * k), (0.97 - 0.03 * k, 3 + 3 * k)]
-    )
-    ankle = lambda ph: periodic(  # noqa: E731
-        ph, [(0.0, -3 + 5 * k), (0.08, -18 + 4 * k), (0.5 - 0.1 * k, 8 - 3 * k), (ds, -20 - 8 * k), (0.85, -3 + 5 * k)]
-    )
-    elbow = lambda ph: periodic(ph, [(0.05, 14 - 6 * k), (0.51 + 0.04 * k, 44 + 26 * k), (0.9 - 0.1 * k, 17 - 6 * k)])  # noqa: E731
+    k = np.clip((rv - 1.3) / 1.7, 0.0, 1.0)
+    knots = {  # (phase, degrees)
+        "hip": [(0.2 * k - 0.1, 25 + 5 * k), (0.5, -15), (0.9, 25 + 6 * k)],
+        "knee": [(0.17 - 0.05 * k, 3 + 22 * k), (0.4, 3), (0.75 - 0.05 * k, 70 - 5 * k), (0.97 - 0.03 * k, 3 + 3 * k)],
+        "ankle": [(0.0, -3 + 5 * k), (0.08, -18 + 4 * k), (0.5 - 0.1 * k, 8 - 3 * k), (ds, -20 - 8 * k), (0.85, -3 + 5 * k)],
+        "elbow": [(0.05, 14 - 6 * k), (0.51 + 0.04 * k, 44 + 26 * k), (0.9 - 0.1 * k, 17 - 6 * k)],
+    }
     ash = 9.88 * rv  # shoulder flexion amplitude (deg)
     deg = np.pi / 180
     ph = np.stack([phase_r + 0.5, phase_r])  # [left, right]: legs in antiphase
-    thigh = hip(ph) * deg
-    shank = thigh - knee(ph) * deg
-    foot = shank + (90 + ankle(ph)) * deg
+    thigh = periodic(ph, knots["hip"]) * deg
+    shank = thigh - periodic(ph, knots["knee"]) * deg
+    foot = shank + (90 + periodic(ph, knots["ankle"])) * deg
     upper = (3 - ash / 2 - ash * np.cos(2 * np.pi * ph)) * deg  # arm opposite to the same-side leg
-    fore = upper + elbow(ph) * deg
+    fore = upper + periodic(ph, knots["elbow"]) * deg
     # Pelvis translations (Boulic appendix A), in units of H_t.
     vert = 0.015 * rv * (-1 + np.sin(2 * np.pi * (2 * phase_r - 0.35)))
     lat = -0.032 * np.sin(2 * np.pi * (phase_r - 0.1))
