@@ -13,6 +13,7 @@ import dataclasses
 import io
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -86,7 +87,8 @@ def simulate(cfg: DictConfig) -> Path:
     _check_out_dir(out)
 
     t0 = time.time()
-    pix, labels, params = generate(classes, int(cfg.n_per_class), cfg.split, int(cfg.seed), size, radar, int(cfg.workers))
+    workers = min(8, os.cpu_count() or 1) if cfg.workers is None else int(cfg.workers)
+    pix, labels, params = generate(classes, int(cfg.n_per_class), cfg.split, int(cfg.seed), size, radar, workers)
     elapsed = time.time() - t0
     log.info("simulated %d spectrograms in %.1f s (%.0f / min)", len(labels), elapsed, 60 * len(labels) / max(elapsed, 1e-9))
     u8 = to_u8(pix)

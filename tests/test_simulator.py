@@ -320,6 +320,7 @@ def test_cli_writes_the_documented_layout(tmp_path):
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_cli_bad_class_exits_2_with_a_clear_message(tmp_path):
     r = _cli(f"out_dir={tmp_path / 'x'}", "classes=[walk,swim]", cwd=tmp_path)
     assert r.returncode == 2
