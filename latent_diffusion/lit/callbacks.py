@@ -64,3 +64,31 @@ class SampleGrid(L.Callback):
                 arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
                 logger.experiment.add_image("samples/grid", arr, step)
         pl_module.train(was_training)
+
+
+class WeightDigest(L.Callback):
+    """At the end of training every rank hashes its denoiser weights; rank 0 writes
+    `<out_dir>/weight_digest.json` ({rank: sha256}). Under DDP the digests must be
+    equal: a difference means the ranks drifted apart (a desynchronised buffer,
+    a rank-dependent branch), which otherwise goes unnoticed until sampling."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = out_dir
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import hashlib
+        import json
+
+        h = hashlib.sha256()
+        for name, p in sorted(pl_module.plain_denoiser.state_dict().items()):
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().numpy().tobytes())
+        # 8 bytes of the digest as an int64 tensor so all_gather can carry it
+        mine = torch.tensor([int.from_bytes(h.digest()[:7], "big")], device=pl_module.device)
+        digests = pl_module.all_gather(mine).reshape(-1).tolist()
+        if trainer.is_global_zero:
+            out = {str(r): f"{d:014x}" for r, d in enumerate(digests)}
+            Path(self.out_dir).mkdir(parents=True, exist_ok=True)
+            (Path(self.out_dir) / "weight_digest.json").write_text(json.dumps(out, indent=1))
+            if len(set(digests)) > 1:
+                log.warning("DDP ranks ended with different weights: %s", out)

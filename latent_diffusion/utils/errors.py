@@ -22,8 +22,23 @@ def report_user_errors(main):
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
+        except Exception as err:
+            user = find_user_error(err)
+            if user is None:
+                raise
+            print(f"error: {user}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper
+
+
+def find_user_error(err: BaseException) -> UserError | None:
+    """The UserError behind `err`, if any: Hydra's instantiate wraps exceptions raised
+    in constructors (InstantiationException), and Lightning re-raises some from hooks."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, UserError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

@@ -1,0 +1,191 @@
+"""LatentDiffusion: guided-diffusion's training objective around a frozen VAE.
+
+The denoiser (models/) and the Gaussian diffusion (diffusion/) do the work;
+this module only wires them into Lightning:
+
+- the VAE is frozen and deliberately NOT a registered submodule: it stays out
+  of the optimizer, out of the EMA and out of the checkpoint (the checkpoint
+  records its path, hash and latent statistics instead); we move it to the
+  training device ourselves;
+- the EMA shadow of the denoiser alone lives here as a submodule of buffers,
+  so it is saved with the checkpoint and used for validation and export;
+- batches are pixels ({"x", "y"}: encoded on the fly, or used as they are for a
+  pixel-space baseline) or cached posteriors ({"mean", "std", "y"}: a fresh
+  latent is drawn every step, so the cache does not freeze the VAE's noise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch import nn
+
+from latent_diffusion.diffusion import GaussianDiffusion
+from latent_diffusion.lit.ema import EMA
+
+
+class LatentDiffusion(L.LightningModule):
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        diffusion: GaussianDiffusion,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        class_names: list[str],
+        latent_shape: tuple[int, int, int],
+        vae=None,
+        ema_decay: float = 0.9999,
+        warmup_steps: int = 500,
+        max_bad_steps: int = 20,
+    ):
+        super().__init__()
+        self.denoiser = denoiser
+        self.diffusion = diffusion
+        self.optimizer_factory = optimizer
+        self.class_names = list(class_names)
+        self.latent_shape = tuple(int(s) for s in latent_shape)
+        self.warmup_steps = int(warmup_steps)
+        self.max_bad_steps = int(max_bad_steps)
+        self.ema = EMA(self.plain_denoiser, decay=ema_decay)
+        # Not a submodule (see module docstring): object.__setattr__ bypasses nn.Module.
+        object.__setattr__(self, "vae", vae)
+        self.save_hyperparameters(
+            {"class_names": self.class_names, "latent_shape": list(self.latent_shape),
+             "ema_decay": ema_decay, "warmup_steps": warmup_steps}
+        )
+        self._bad_steps = 0
+        self.skipped_steps = 0
+
+    @property
+    def plain_denoiser(self) -> nn.Module:
+        """The denoiser without a torch.compile wrapper (EMA and export use its own names)."""
+        return getattr(self.denoiser, "_orig_mod", self.denoiser)
+
+    # ------------------------------------------------------------------ latents
+    def on_fit_start(self) -> None:
+        if self.vae is not None:
+            self.vae.to(self.device)
+
+    def latents_from_batch(self, batch: dict) -> torch.Tensor:
+        """Unit-variance latents z (B, c, h, w) for the denoiser (or pixels for a pixel baseline)."""
+        if "mean" in batch:  # cached posterior: a fresh reparameterised draw every step
+            mean, std = batch["mean"], batch["std"]  # (B, c, h, w) each, already scaled
+            return mean + std * torch.randn_like(std)
+        x = batch["x"]  # (B, C, H, W) in [-1, 1]
+        if self.vae is None:
+            return x
+        if self.vae.device != x.device:
+            self.vae.to(x.device)
+        with torch.no_grad():
+            return self.vae.encode(x, sample=True)  # (B, c, h, w), (z - shift) * scale
+
+    # ----------------------------------------------------------------- training
+    def training_step(self, batch: dict, batch_idx: int):
+        z = self.latents_from_batch(batch)  # (B, c, h, w)
+        y = batch["y"]  # (B,); the denoiser drops labels to the null class with p_uncond
+        # t ~ U{0..T-1}, or importance-sampled with weights 1/(T p_t) (Improved DDPM sec. 3.3)
+        sampler = self.diffusion.timestep_sampler
+        t, w = sampler.sample(z.shape[0], device=z.device)  # (B,), (B,)
+        losses = self.diffusion.training_losses(
+            lambda x_t, tt: self.denoiser(x_t, tt, y), z, t
+        )
+        loss = (losses["loss"] * w).mean()
+        if type(sampler).__name__ != "UniformSampler":
+            # every rank must see the same loss history: gather before updating
+            t_all, l_all = self.all_gather((t, losses["loss"].detach()))
+            sampler.update(t_all.reshape(-1), l_all.reshape(-1))
+        if not torch.isfinite(loss):
+            return self._skip_step(loss)
+        self._bad_steps = 0
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/mse", losses["mse"].mean())
+        self.log("train/vb", losses["vb"].mean())
+        # The loss split by timestep quartile (guided-diffusion's log_loss_dict):
+        # q0 (low noise) and q3 (high noise) behave very differently.
+        quartile = (4 * t // self.diffusion.num_timesteps).clamp(max=3)
+        for q in range(4):
+            m = quartile == q
+            if m.any():
+                self.log(f"train/loss_q{q}", losses["loss"][m].mean())
+        return loss
+
+    def _skip_step(self, loss: torch.Tensor):
+        """A non-finite loss skips the step (returning None makes Lightning skip
+        backward and the optimizer step); too many in a row stop the run."""
+        self._bad_steps += 1
+        self.skipped_steps += 1
+        self.log("train/skipped_steps", float(self.skipped_steps))
+        if self._bad_steps > self.max_bad_steps:
+            raise FloatingPointError(
+                f"{self._bad_steps} non-finite losses in a row (last {loss.item()}); stopping. "
+                "The last good checkpoint is in checkpoints/last.ckpt. Lower model.lr or check "
+                "the latent statistics (latent_stats.json)."
+            )
+        return None
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # EMA right after the weights change, before any callback's on_train_batch_end:
+        # ModelCheckpoint saves there, and its checkpoint must hold this step's EMA.
+        if self._bad_steps == 0:
+            self.ema.update(self.plain_denoiser)
+
+    def configure_optimizers(self):
+        opt = self.optimizer_factory(params=self.denoiser.parameters())
+        warm = max(1, self.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # --------------------------------------------------------------- validation
+    def validation_step(self, batch: dict, batch_idx: int):
+        """Hybrid loss of the EMA denoiser on fixed timesteps and noise (seeded per batch),
+        so the curve moves only when the model does."""
+        z = self.latents_from_batch(batch)
+        g = torch.Generator(device="cpu").manual_seed(1000 + batch_idx)
+        B = z.shape[0]
+        t = torch.randint(0, self.diffusion.num_timesteps, (B,), generator=g).to(z.device)
+        noise = torch.randn(z.shape, generator=g).to(z.device, z.dtype)
+        y = batch["y"]
+        with self.ema.swap_into(self.plain_denoiser):
+            losses = self.diffusion.training_losses(
+                lambda x_t, tt: self.denoiser(x_t, tt, y), z, t, noise=noise
+            )
+        self.log("val/loss", losses["loss"].mean(), prog_bar=True, sync_dist=True, batch_size=B)
+        self.log("val/mse", losses["mse"].mean(), sync_dist=True, batch_size=B)
+        self.log("val/vb", losses["vb"].mean(), sync_dist=True, batch_size=B)
+
+    # ----------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample_latents(self, y: torch.Tensor, sampler: str = "ddim", steps: int = 50,
+                       guidance: float = 1.0, generators=None) -> torch.Tensor:
+        """Latents (B, c, h, w) from the EMA denoiser with classifier-free guidance."""
+        from latent_diffusion.diffusion import cfg_model_fn, sample
+
+        with self.ema.swap_into(self.plain_denoiser):
+            self.denoiser.eval()
+            fn = cfg_model_fn(self.denoiser, y, self.plain_denoiser.null_class, guidance)
+            z = sample(sampler, self.diffusion, fn, (y.shape[0], *self.latent_shape),
+                       steps=steps, generators=generators, device=y.device)
+        return z.float()
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            return z.clamp(-1, 1)
+        return self.vae.decode(z)
+
+    # ------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The VAE is referenced, not stored (design: no doubled checkpoints).
+        if self.vae is not None:
+            from latent_diffusion.vae.resolve import vae_reference
+
+            checkpoint["vae_reference"] = vae_reference(self.vae)
+        checkpoint["skipped_steps"] = self.skipped_steps
+        checkpoint["timestep_sampler"] = self.diffusion.timestep_sampler.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.skipped_steps = int(checkpoint.get("skipped_steps", 0))
+        if "timestep_sampler" in checkpoint:
+            self.diffusion.timestep_sampler.load_state_dict(checkpoint["timestep_sampler"])
+

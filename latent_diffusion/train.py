@@ -1,0 +1,127 @@
+"""python -m latent_diffusion.train model=small data=microdoppler
+
+compose config -> data -> frozen VAE (trained first if its artifact is absent)
+-> denoiser + diffusion -> LightningModule -> Trainer.fit -> export (EMA weights).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from latent_diffusion.utils.errors import UserError, report_user_errors
+
+log = logging.getLogger(__name__)
+
+
+def resolve_ckpt_path(ckpt_path, output_dir: str | Path):
+    """`last` -> <run dir>/checkpoints/last.ckpt when it exists (resume), else a fresh start."""
+    if ckpt_path in (None, "", "null"):
+        return None
+    if ckpt_path in ("last", "auto"):
+        last = Path(output_dir) / "checkpoints" / "last.ckpt"
+        if last.exists():
+            log.info("resuming from %s", last)
+            return str(last)
+        log.info("ckpt_path=%s: no %s yet, starting fresh", ckpt_path, last)
+        return None
+    if not Path(ckpt_path).is_file():
+        raise UserError(f"ckpt_path={ckpt_path}: no such checkpoint file; give a .ckpt path or 'last'")
+    return str(ckpt_path)
+
+
+def build(cfg: DictConfig):
+    """Everything `fit` needs, from the composed config: (datamodule, module, trainer)."""
+    from latent_diffusion.lit.module import LatentDiffusion
+    from latent_diffusion.vae.resolve import frozen_vae_for
+
+    torch.set_float32_matmul_precision(cfg.torch.matmul_precision)
+    dm = instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup()
+    vae = frozen_vae_for(cfg, dm)  # None for a pixel-space baseline (vae=none)
+    if vae is None:
+        if dm.latents == "cached":
+            raise UserError("data.latents=cached needs a VAE; with vae=none use data.latents=pixel")
+        dm.latents = "pixel"
+        latent_shape = (dm.channels, dm.image_size, dm.image_size)
+    else:
+        latent_shape = vae.latent_shape(dm.image_size)
+        if dm.latents == "pixel":
+            dm.latents = "online"
+        if dm.latents == "cached":
+            dm.use_latent_cache(vae, Path(cfg.paths.cache_dir) / "latents")
+
+    diffusion = instantiate(cfg.diffusion)
+    extra = {"channels_last": True} if cfg.torch.channels_last else {}
+    denoiser = instantiate(
+        cfg.model,
+        in_channels=latent_shape[0],
+        sample_size=latent_shape[1],
+        num_classes=dm.num_classes,
+        learn_sigma=diffusion.learn_sigma,
+        **extra,
+    )
+    log.info("denoiser: %s, %.2fM parameters, latents %s", cfg.model.name,
+             denoiser.num_params / 1e6, latent_shape)
+    if cfg.torch.compile:
+        denoiser = torch.compile(denoiser)
+    module = LatentDiffusion(
+        denoiser=denoiser,
+        diffusion=diffusion,
+        optimizer=instantiate(cfg.optimizer),
+        class_names=dm.class_names,
+        latent_shape=latent_shape,
+        vae=vae,
+        ema_decay=cfg.ema_decay,
+        warmup_steps=cfg.warmup_steps,
+        max_bad_steps=cfg.max_bad_steps,
+    )
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return dm, module, trainer
+
+
+def train(cfg: DictConfig) -> dict:
+    from latent_diffusion.lit.export import export_run
+
+    L.seed_everything(cfg.seed, workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+    dm, module, trainer = build(cfg)
+    trainer.fit(module, datamodule=dm, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, out_dir))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if trainer.is_global_zero:
+        export_run(module, cfg, cfg.export_dir)
+        log.info("export written to %s", cfg.export_dir)
+    trainer.strategy.barrier()
+    _finish_wandb(trainer)
+    return metrics
+
+
+def _finish_wandb(trainer) -> None:
+    """Close the wandb run so multirun jobs do not share one."""
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@report_user_errors
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    # Returned for Hydra sweepers (Optuna minimises val/loss).
+    return metrics.get("val/loss")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The diffusion training stage end to end, through the real CLI on the simulator.
+
+Every run here is `python -m latent_diffusion.train model=tiny debug=fast ...`
+in one shared folder, so the simulated splits and the VAE are built once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from cli import run_cli
+
+pytestmark = pytest.mark.slow
+FAST = ("model=tiny", "debug=fast", "logger=csv")
+
+
+def _ckpt(run: Path) -> dict:
+    # weights_only: a checkpoint must load without unpickling arbitrary objects
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def first_run(workdir):
+    """The fresh-machine path: no VAE artifact yet, so the VAE stage runs first."""
+    proc = run_cli("train", *FAST, "run_name=first", cwd=workdir)
+    return workdir / "outputs" / "train" / "first", proc.stdout + proc.stderr
+
+
+def test_one_command_trains_the_vae_first_then_exports(first_run):
+    from latent_diffusion.lit.export import load_export
+
+    run, log = first_run
+    assert "training one first" in log  # the VAE stage ran, once
+    vaes = list((run.parents[2] / ".cache" / "latent_diffusion" / "vae").glob("f4-*/config.json"))
+    assert len(vaes) == 1
+    exp = load_export(run)
+    assert exp.class_names == ["walk", "run", "jump", "fall", "sit_down", "stand_up", "pick_up", "box"]
+    assert exp.latent_shape == (4, 16, 16)
+    z = torch.randn(2, 4, 16, 16)
+    out = exp.denoiser(z, torch.tensor([10, 500]), torch.tensor([0, 3]))
+    assert out.shape == (2, 8, 16, 16)  # learned variance: 2 x latent channels
+    assert exp.vae.decode(z).shape == (2, 1, 64, 64)
+    # the export holds the EMA weights, which differ from the raw weights after training
+    ck = _ckpt(run)
+    sd = ck["state_dict"]
+    raw = sd["denoiser.unet.conv_in.weight"]
+    ema = sd["ema.unet/conv_in/weight"]
+    exported = exp.denoiser.unet.conv_in.weight
+    torch.testing.assert_close(exported, ema)
+    assert not torch.equal(exported, raw)
+
+
+def test_checkpoint_holds_the_denoiser_and_ema_but_not_the_vae(first_run):
+    run, _ = first_run
+    ck = _ckpt(run)
+    keys = list(ck["state_dict"])
+    assert any(k.startswith("denoiser.") for k in keys)
+    assert any(k.startswith("ema.") for k in keys)
+    assert not any("vae" in k for k in keys), [k for k in keys if "vae" in k][:3]
+    ref = ck["vae_reference"]
+    assert len(ref["weights_hash"]) == 16 and len(ref["latent_stats"]["scale"]) == 4
+    assert ck["global_step"] == 4
+
+
+def test_resume_continues_step_optimizer_and_ema(first_run, workdir):
+    run_cli("train", *FAST, "run_name=resume", "trainer.max_steps=2", cwd=workdir)
+    run = workdir / "outputs" / "train" / "resume"
+    before = _ckpt(run)
+    proc = run_cli("train", *FAST, "run_name=resume", "trainer.max_steps=4", "ckpt_path=last",
+                   cwd=workdir)
+    assert "resuming from" in proc.stdout + proc.stderr
+    after = _ckpt(run)
+    assert before["global_step"] == 2 and after["global_step"] == 4
+    adam_steps = {float(s["step"]) for s in after["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {4.0}  # AdamW's moment estimates continued, not restarted
+    assert int(before["state_dict"]["ema.num_updates"]) == 2
+    assert int(after["state_dict"]["ema.num_updates"]) == 4
+
+
+def test_ddp_two_cpu_processes_agree(first_run, workdir):
+    run_cli("train", *FAST, "trainer=ddp_sim", "run_name=ddp", "trainer.max_steps=2", cwd=workdir)
+    digest = json.loads((workdir / "outputs" / "train" / "ddp" / "weight_digest.json").read_text())
+    assert set(digest) == {"0", "1"}  # both ranks trained
+    assert digest["0"] == digest["1"]  # and ended with the same weights
+
+
+def test_bf16_mixed_on_cpu(first_run, workdir):
+    run_cli("train", *FAST, "trainer.precision=bf16-mixed", "run_name=bf16", cwd=workdir)
+    rows = (workdir / "outputs" / "train" / "bf16" / "csv" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    col = header.index("train/loss")
+    losses = [float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]]
+    assert losses and all(math.isfinite(v) for v in losses)
+
+
+def test_wandb_offline_run_with_sample_images(first_run, workdir):
+    run_cli("train", "model=tiny", "debug=fast", "logger=wandb", "run_name=wb", cwd=workdir)
+    runs = list((workdir / "outputs" / "train" / "wb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    images = list(runs[0].glob("files/media/images/samples/*.png"))
+    assert images, "the sample grid was not logged to wandb"
+
+
+def test_cached_latents_are_built_once_and_reused(first_run, workdir):
+    run_cli("train", *FAST, "data.latents=cached", "run_name=cached1", cwd=workdir)
+    cache = sorted((workdir / ".cache" / "latent_diffusion" / "latents").glob("train-*.safetensors"))
+    assert len(cache) == 1
+    stamp = cache[0].stat().st_mtime_ns
+    run_cli("train", *FAST, "data.latents=cached", "run_name=cached2", cwd=workdir)
+    assert cache[0].stat().st_mtime_ns == stamp  # read, not rebuilt
+    assert _ckpt(workdir / "outputs" / "train" / "cached2")["global_step"] == 4
