@@ -45,6 +45,8 @@ def train_vae(cfg: DictConfig) -> Path:
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="partial")
     if getattr(datamodule, "latents", "pixel") != "pixel":
         datamodule.latents = "pixel"  # the VAE trains on pixels, whatever the diffusion run uses
+    if cfg.vae.get("batch_size"):
+        datamodule.batch_size = int(cfg.vae.batch_size)  # the recipe's batch size, not the denoiser's
     module = hydra.utils.instantiate(
         cfg.vae.module,
         autoencoder={"in_channels": datamodule.channels, "sample_size": datamodule.image_size},
