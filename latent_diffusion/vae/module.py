@@ -274,13 +274,14 @@ class VAETrainer(L.LightningModule):
         self.log("val/ssim_bicubic", self.base_ssim.compute())
         for m in (self.val_psnr, self.val_ssim, self.base_psnr, self.base_ssim):
             m.reset()
+        # Trainer.log_dir broadcasts from rank 0: every rank must ask, or DDP deadlocks.
+        root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         if self._log_batch is not None and self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            self._log_recon_grid(self._log_batch[0], self._log_batch[1])
+            self._log_recon_grid(self._log_batch[0], self._log_batch[1], root)
         self._log_batch = None
 
-    def _log_recon_grid(self, x: torch.Tensor, xr: torch.Tensor) -> None:
+    def _log_recon_grid(self, x: torch.Tensor, xr: torch.Tensor, root: Path) -> None:
         png = grid_png([x, xr])
-        root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         atomic_write_bytes(root / "recon" / f"step_{self.global_step:06d}.png", png)
         for lg in self.loggers:
             if hasattr(lg, "log_image"):  # WandbLogger
