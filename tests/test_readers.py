@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from latent_diffusion.data.colormaps import apply_colormap, invert_colormap, is_grey, jet
-from latent_diffusion.data.readers import ImageFolderSource, load_spectrogram, read_spectrogram
+from latent_diffusion.data.image_folder import ImageFolderSource
+from latent_diffusion.data.readers import load_spectrogram, read_spectrogram
 from latent_diffusion.data.source import build_source
 from latent_diffusion.utils.errors import UserError
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from latent_diffusion.data.colormaps import apply_colormap
-from latent_diffusion.data.readers import ImageFolderSource
+from latent_diffusion.data.image_folder import ImageFolderSource
 from latent_diffusion.data.splits import load_split, save_split, stratified_split
 from latent_diffusion.utils.errors import UserError
 

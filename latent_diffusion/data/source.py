@@ -46,7 +46,7 @@ def register_source(name: str):
 
 def build_source(name: str, **kwargs) -> SpectrogramSource:
     # Import here so registering modules load lazily (the simulator pulls scipy).
-    import latent_diffusion.data.readers  # noqa: F401
+    import latent_diffusion.data.image_folder  # noqa: F401
     import latent_diffusion.data.simulator  # noqa: F401
 
     if name not in _SOURCES:

@@ -1,0 +1,362 @@
+"""`ImageFolderSource` (data=image_folder): real spectrograms from class folders.
+
+Layout `root/[train|val|test/]<class>/<files>`; files are read with readers.py
+into the simulator's dB convention. Splits come from the folders or a seeded
+stratified (optionally subject-disjoint) split saved as JSON next to the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from latent_diffusion.data.readers import ALL_EXTS, read_spectrogram, to_unit
+from latent_diffusion.data.source import SPLITS, register_source
+from latent_diffusion.data.splits import load_split, save_split, stratified_split
+from latent_diffusion.utils.errors import UserError
+from latent_diffusion.utils.io import atomic_write_bytes, stable_hash
+
+log = logging.getLogger(__name__)
+
+
+class SpectrogramTensors(Dataset):
+    """Preloaded items: x float32 (1, H, W) in [-1, 1], y int."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, files: list[str]):
+        self.x, self.y, self.files = x, y, files  # (N, 1, H, W), (N,), N relative paths
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.y[i])
+
+
+def _visible_dirs(base: Path) -> list[Path]:
+    return sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+
+def _files_in(folder: Path, exts: tuple[str, ...]) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in exts
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+@register_source("image_folder")
+class ImageFolderSource:
+    """Real spectrograms from class folders; splits from train/val/test folders or drawn (seeded).
+
+    Nothing is ever written under `root`: the split file and the cache must live elsewhere.
+    """
+
+    channels = 1
+
+    def __init__(
+        self,
+        root,
+        image_size: int | None = 64,
+        classes: Sequence[str] | None = None,
+        extensions: Sequence[str] | None = None,
+        value_kind: str = "auto",
+        flip_doppler: bool = False,
+        transpose: bool = False,
+        dynamic_range_db: float = 45.0,
+        strict: bool = True,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        seed: int = 0,
+        split_file=None,
+        subject_regex: str | None = None,
+        cache_dir=None,
+        variable: str | None = None,
+        colormaps: Sequence[str] = ("jet", "parula", "viridis"),
+        max_residual: float = 40.0,
+        crop_to_plot: bool = True,
+        **_,
+    ):
+        if root is None or str(root) in ("", "???"):
+            raise UserError("data.root is not set: pass data.root=DIR (DIR/<class>/<files>)")
+        self.root = Path(os.path.expanduser(str(root)))
+        if not self.root.is_dir():
+            raise UserError(
+                f"data root {self.root} does not exist or is not a folder; set data.root to a "
+                "folder laid out as DIR/[train|val|test/]<class>/<files>"
+            )
+        if isinstance(extensions, str):
+            extensions = [extensions]
+        exts = tuple(
+            e.lower() if e.startswith(".") else f".{e.lower()}" for e in (extensions or ALL_EXTS)
+        )
+        self.read_kwargs = dict(
+            image_size=image_size, value_kind=value_kind, flip_doppler=bool(flip_doppler),
+            transpose=bool(transpose), dynamic_range_db=float(dynamic_range_db), variable=variable,
+            colormaps=tuple(colormaps), max_residual=float(max_residual), crop_to_plot=bool(crop_to_plot),
+        )  # fmt: skip
+        to_unit(np.ones((1, 1)), value_kind, dynamic_range_db)  # validate the options up front
+        self.strict = bool(strict)
+        files, self.class_names, self.layout = self._discover(exts, classes)
+        self._class_of = {rel: c for rel, c in files}
+        mapping = self._split(files, val_fraction, test_fraction, seed, split_file, subject_regex)
+        self.split_mapping = mapping
+        self._fp = {
+            "source": "image_folder",
+            "root": str(self.root.resolve()),
+            "class_names": self.class_names,
+            "files": stable_hash(
+                [
+                    (r, (self.root / r).stat().st_size, (self.root / r).stat().st_mtime_ns)
+                    for s in SPLITS
+                    for r in mapping[s]
+                ]
+            ),
+            "split": stable_hash(mapping),
+            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in self.read_kwargs.items()},
+        }
+        self._data = self._load_all(mapping, cache_dir)
+
+    # -- discovery --------------------------------------------------------
+
+    def _discover(self, exts, classes):
+        root = self.root
+        looked = f"looked for {' '.join(exts)}"
+        if (root / "train").is_dir():
+            layout, bases = "split_folders", {s: root / s for s in SPLITS if (root / s).is_dir()}
+        else:
+            layout, bases = "class_folders", {None: root}
+        train_base = bases.get("train", root)
+        found = [d.name for d in _visible_dirs(train_base)]
+        if not found:
+            loose = _files_in(train_base, exts)
+            hint = (
+                f" ({len(loose)} files lie directly in it: move them into one folder per class)"
+                if loose
+                else ""
+            )
+            raise UserError(
+                f"no class folders in {train_base}{hint}; expected {train_base}/<class>/<files> ({looked})"
+            )
+        if classes is not None:
+            classes = [str(c) for c in classes]
+            missing = [c for c in classes if c not in found]
+            if missing:
+                raise UserError(f"classes {missing} have no folder in {train_base}; found {found}")
+        class_names = list(classes) if classes is not None else found
+        files = []
+        for split, base in bases.items():
+            for d in _visible_dirs(base):
+                if d.name not in class_names:
+                    if split not in (None, "train") and classes is None:
+                        raise UserError(
+                            f"{d} is a class folder that {train_base} does not have; add it there or remove it"
+                        )
+                    continue
+                found_files = _files_in(d, exts)
+                if not found_files:
+                    raise UserError(
+                        f"class folder {d} holds no readable files ({looked}); add files or remove the folder"
+                    )
+                files += [(p.relative_to(root).as_posix(), d.name) for p in found_files]
+        return files, class_names, layout
+
+    def _split(self, files, val_fraction, test_fraction, seed, split_file, subject_regex):
+        if split_file is not None:
+            split_file = Path(os.path.expanduser(str(split_file)))
+            if _inside(split_file, self.root):
+                raise UserError(
+                    f"split_file {split_file} lies inside the data root {self.root}; keep it next to the run instead"
+                )
+            if split_file.exists():
+                mapping = load_split(split_file)
+                for s in SPLITS:
+                    for rel in mapping[s]:
+                        if rel not in self._class_of:
+                            raise UserError(
+                                f"split file {split_file} lists {rel}, which is not a readable file of the selected "
+                                f"classes under {self.root}; restore the file, or delete {split_file} to draw a new split"
+                            )
+                log.info("reusing split %s", split_file)
+                return mapping
+        rels = [r for r, _ in files]
+        labels = [self.class_names.index(c) for _, c in files]
+        groups = None
+        if subject_regex:
+            pat = re.compile(subject_regex)
+            groups = []
+            for r in rels:
+                m = pat.search(r)
+                if m is None:
+                    raise UserError(
+                        f"subject_regex {subject_regex!r} does not match {self.root / r}; fix the pattern or set it to null"
+                    )
+                groups.append(m.group(1) if pat.groups else m.group(0))
+        if self.layout == "split_folders":
+            fixed = {s: [r for r in rels if r.split("/", 1)[0] == s] for s in SPLITS}
+            tr = [i for i, r in enumerate(rels) if r.split("/", 1)[0] == "train"]
+            vf = val_fraction if not fixed["val"] else 0.0
+            tf = test_fraction if not fixed["test"] else 0.0
+            sub = stratified_split(
+                [labels[i] for i in tr],
+                vf,
+                tf,
+                seed,
+                None if groups is None else [groups[i] for i in tr],
+            )
+            # folders fix a split where they exist; a missing val/test is drawn from train
+            mapping = {s: fixed[s] + [rels[tr[j]] for j in sub[s]] for s in ("val", "test")}
+            mapping["train"] = [rels[tr[j]] for j in sub["train"]]
+        else:
+            idx = stratified_split(labels, val_fraction, test_fraction, seed, groups)
+            mapping = {s: [rels[i] for i in idx[s]] for s in SPLITS}
+        if split_file is not None:
+            save_split(
+                split_file,
+                mapping,
+                {"root": str(self.root), "class_names": self.class_names, "seed": seed},
+            )
+            log.info("wrote split %s", split_file)
+        return mapping
+
+    # -- loading ------------------------------------------------------------
+
+    def _load_all(self, mapping, cache_dir):
+        cache = None
+        if cache_dir is not None:
+            cache_dir = Path(os.path.expanduser(str(cache_dir)))
+            if _inside(cache_dir, self.root):
+                raise UserError(
+                    f"cache_dir {cache_dir} lies inside the data root {self.root}; put the cache elsewhere"
+                )
+            cache = cache_dir / f"image_folder-{stable_hash(self._fp)}.npz"
+            if cache.exists():
+                with np.load(cache, allow_pickle=False) as z:
+                    return self._wrap(
+                        {s: (z[f"{s}_x"], z[f"{s}_y"], list(z[f"{s}_files"])) for s in SPLITS}
+                    )
+        skipped, shapes, out, kinds, masked = [], {}, {}, {}, []
+        rels = [r for sp in SPLITS for r in mapping[sp]]
+        results = {}
+        # Decoding (PIL, zlib, h5py) releases the GIL: a few threads read a
+        # folder of thousands of JPEG figures several times faster.
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            for i, (rel, res) in enumerate(zip(rels, pool.map(self._read_one, rels), strict=True)):
+                results[rel] = res
+                if (i + 1) % max(1, len(rels) // 10) == 0:
+                    log.info("read %d/%d spectrograms from %s", i + 1, len(rels), self.root)
+        for s in SPLITS:
+            xs, ys, kept = [], [], []
+            for rel in mapping[s]:
+                res = results[rel]
+                if isinstance(res, UserError):
+                    if self.strict:
+                        raise res
+                    skipped.append(f"{rel} ({res})")
+                    continue
+                x, info = res
+                kind = info.get("colormap", "grey/array")
+                kinds[kind] = kinds.get(kind, 0) + 1
+                if info.get("masked_fraction", 0.0) > 0.2:
+                    masked.append(f"{rel} ({info['masked_fraction']:.0%})")
+                shapes.setdefault(x.shape, rel)
+                if len(shapes) > 1:
+                    (s0, f0), (s1, f1) = list(shapes.items())[:2]
+                    raise UserError(
+                        f"images differ in size: {self.root / f0} is {s0[0]}x{s0[1]}, {self.root / f1} is "
+                        f"{s1[0]}x{s1[1]}; set data.image_size (e.g. 64) to resize them all"
+                    )
+                xs.append(x)
+                ys.append(self.class_names.index(self._class_of[rel]))
+                kept.append(rel)
+            h, w = next(iter(shapes)) if shapes else (self.read_kwargs["image_size"] or 0,) * 2
+            out[s] = (
+                np.stack(xs) if xs else np.zeros((0, h, w), np.float32),
+                np.asarray(ys, np.int64),
+                kept,
+            )
+        log.info("read %s: %s", self.root, ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
+        if masked:
+            warnings.warn(
+                f"{len(masked)} colour images have > 20% of the plot off the colour map and filled "
+                f"from neighbours (check max_residual / colormaps): {'; '.join(masked[:5])}",
+                stacklevel=2,
+            )
+        if skipped:
+            warnings.warn(
+                f"skipped {len(skipped)} unreadable files (strict=false): " + "; ".join(skipped),
+                stacklevel=2,
+            )
+        if not out["train"][2]:
+            raise UserError(f"no readable training files under {self.root}")
+        if cache is not None:
+            import io
+
+            buf = io.BytesIO()
+            arrays = {}
+            for s in SPLITS:
+                x, y, kept = out[s]
+                arrays.update({f"{s}_x": x, f"{s}_y": y, f"{s}_files": np.asarray(kept, dtype=str)})
+            np.savez(buf, **arrays)
+            atomic_write_bytes(cache, buf.getvalue())
+        return self._wrap(out)
+
+    def _read_one(self, rel: str):
+        try:
+            return read_spectrogram(self.root / rel, **self.read_kwargs)
+        except UserError as err:
+            return err
+
+    def _wrap(self, arrays):
+        data = {}
+        for s, (x, y, files) in arrays.items():
+            # [0, 1] -> [-1, 1], (N, H, W) -> (N, 1, H, W)
+            x = torch.from_numpy(np.asarray(x, np.float32)).unsqueeze(1) * 2.0 - 1.0
+            data[s] = SpectrogramTensors(
+                x, torch.from_numpy(np.asarray(y, np.int64)), [str(f) for f in files]
+            )
+        h, w = data["train"].x.shape[-2:]
+        if h != w:
+            raise UserError(
+                f"spectrograms under {self.root} are {h}x{w}, not square; set data.image_size (e.g. 64)"
+            )
+        self.image_size = int(h)
+        return data
+
+    # -- SpectrogramSource protocol -----------------------------------------
+
+    def split(self, name: str) -> Dataset:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split '{name}'; expected one of {SPLITS}")
+        return self._data[name]
+
+    def fingerprint(self) -> dict:
+        return dict(self._fp)
+
+    def save_split(self, path) -> Path:
+        """Write the split in use (relative paths) to `path`, e.g. next to a run."""
+        if _inside(Path(path), self.root):
+            raise UserError(
+                f"{path} lies inside the data root {self.root}; write the split next to the run"
+            )
+        return save_split(
+            path, self.split_mapping, {"root": str(self.root), "class_names": self.class_names}
+        )
