@@ -1,0 +1,274 @@
+"""`python -m latent_diffusion.sample` on a freshly trained tiny run.
+
+One session fixture trains `model=tiny debug=fast` (VAE included) in its own
+folder; the tests then sample from its export, mostly in-process through the
+composed conf/sample.yaml (the CLI's exit code and messages are checked with
+real subprocesses). The samplers' accuracy against an exact analytic denoiser
+is tests/test_samplers.py's job, not this file's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cli import run_cli
+from PIL import Image
+
+from latent_diffusion.utils.errors import UserError
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # a busy 2-core machine runs tiny models far faster so
+
+
+# ------------------------------------------------------------------ no model needed
+def test_image_seeds_are_distinct_stable_and_independent_of_the_rest():
+    from latent_diffusion.sampling import image_seed, plan, shard
+
+    seeds = {image_seed(0, c, k) for c in range(8) for k in range(500)}
+    assert len(seeds) == 8 * 500  # no two images share a noise stream
+    assert image_seed(0, 3, 7) == image_seed(0, 3, 7)
+    assert image_seed(0, 3, 7) != image_seed(1, 3, 7)
+    assert all(0 <= s < 2**63 for s in seeds)  # a valid torch.Generator seed
+    # the documented rule (metadata.json "image_seed"), recomputed here: not Python's hash(),
+    # which changes per process
+    blob = json.dumps(["sample", 0, 3, 7], sort_keys=True).encode()
+    assert image_seed(0, 3, 7) == int(hashlib.sha256(blob).hexdigest()[:16], 16) & (2**63 - 1)
+    items = plan([3, 0], 2)
+    assert items == [(3, 0), (3, 1), (0, 0), (0, 1)]
+    parts = [shard(7, r, 3) for r in range(3)]
+    assert sorted(sum(parts, [])) == list(range(7)) and [len(p) for p in parts] == [3, 2, 2]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["sampler=euler"], "sampler='euler' is not known"),
+        (["steps=0"], "steps=0: must be an integer in [1, 1000]"),
+        (["steps=1001"], "steps=1001: must be an integer in [1, 1000]"),
+        (["guidance=-0.5"], "guidance=-0.5: must be >= 0"),
+        (["n_per_class=0"], "n_per_class=0: must be an integer >= 1"),
+        (["batch_size=0"], "batch_size=0: must be an integer >= 1"),
+        (["classes=[walk,swim]"], "unknown class ['swim']; the model knows ['walk', 'run'"),
+        (["sampler=dpmpp", "eta=0.5"], "only sampler=ddim takes eta"),
+    ],
+)
+def test_bad_values_name_the_problem_before_any_work(overrides, needle, tmp_path):
+    from latent_diffusion.sampling import sample_run
+
+    # export.json alone, no weights: every value is checked before anything is loaded
+    names = ["walk", "run", "jump", "fall", "sit_down", "stand_up", "pick_up", "box"]
+    (tmp_path / "run" / "export").mkdir(parents=True)
+    (tmp_path / "run" / "export" / "export.json").write_text(json.dumps(
+        {"class_names": names, "diffusion": {"timesteps": 1000}, "model": {}}))
+    with pytest.raises(UserError) as err:
+        sample_run(_cfg(tmp_path / "run", tmp_path / "out", *overrides))
+    assert needle in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="session")
+def sample_src(tmp_path_factory) -> Path:
+    """A trained tiny run (4 steps: noise-like samples, real plumbing). Its own folder:
+    tests/test_train.py asserts that *its* first run trains the VAE."""
+    work = tmp_path_factory.mktemp("sample_work")
+    run_cli("train", "model=tiny", "debug=fast", "logger=csv", "run_name=sample_src",
+            "callbacks.sample_grid=null", cwd=work, env=ONE_THREAD)
+    return work / "outputs" / "train" / "sample_src"
+
+
+def _cfg(run, out_dir, *overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="sample", overrides=[
+            f"run={run}", f"out_dir={out_dir}", "progress=false", *overrides])
+
+
+def _sample(run, out_dir, *overrides) -> dict:
+    from latent_diffusion.sampling import sample_run
+
+    out = sample_run(_cfg(run, out_dir, *overrides))
+    with np.load(out / "samples.npz") as z:
+        return {"images": z["arr_0"], "labels": z["arr_1"],
+                "meta": json.loads((out / "metadata.json").read_text())}
+
+
+def _same_up_to_rounding(a: np.ndarray, b: np.ndarray) -> None:
+    """The noise is per image, but batched float32 kernels round differently at different
+    batch sizes (~1e-8 in the denoiser's output): a rare pixel may land one grey level apart."""
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
+
+
+BASE = ("sampler=ddim", "steps=4", "guidance=2.5", "seed=7")
+
+
+@pytest.fixture(scope="module")
+def batch8(sample_src, tmp_path_factory):
+    out = tmp_path_factory.mktemp("b8") / "samples"
+    return out, _sample(sample_src, out, *BASE, "classes=[walk,fall]", "n_per_class=3", "batch_size=8")
+
+
+# ------------------------------------------------------------------ the outputs
+@pytest.mark.slow
+def test_outputs_npz_pngs_grid_and_metadata(sample_src, batch8):
+    from latent_diffusion.lit.export import load_export
+
+    out, r = batch8
+    imgs, labels, meta = r["images"], r["labels"], r["meta"]
+    assert imgs.dtype == np.uint8 and imgs.shape == (6, 64, 64, 1)
+    names = load_export(sample_src, load_vae=False).class_names
+    # arr_1 holds the model's class indices (guided-diffusion's format), row-major by class
+    assert labels.tolist() == [names.index("walk")] * 3 + [names.index("fall")] * 3
+    assert meta["class_names"] == names and meta["classes"] == ["walk", "fall"]
+    assert meta["counts"] == {"walk": 3, "fall": 3} and meta["n_images"] == 6
+    assert meta["global_step"] == 4 and meta["export"] == str((sample_src / "export").resolve())
+    assert (meta["sampler"], meta["steps"], meta["guidance"], meta["eta"], meta["seed"]) == ("ddim", 4, 2.5, 0.0, 7)
+    assert meta["images_per_s"] > 0 and meta["timings_s"]["sample"] > 0 and "total" in meta["timings_s"]
+    assert sorted(p.name for p in out.iterdir()) == ["fall", "grid.png", "metadata.json", "samples.npz", "walk"]
+    # each PNG is the npz image, 8-bit grey, named <class>_<index:05d>
+    for i, f in enumerate(meta["files"]):
+        png = np.asarray(Image.open(out / f["file"]))
+        assert Image.open(out / f["file"]).mode == "L"
+        np.testing.assert_array_equal(png, imgs[i, ..., 0])
+    assert meta["files"][4]["file"] == "fall/fall_00001.png"
+    grid = Image.open(out / "grid.png")
+    assert grid.height == 2 * (64 + 2) + 2  # one row per class
+    assert grid.width == 64 + 3 * (64 + 2) + 2  # min(8, n_per_class) columns after the label
+    assert len(np.unique(imgs)) > 20  # decoded images, not a constant
+
+
+@pytest.mark.slow
+def test_same_images_whatever_the_batch_size_or_class_subset(sample_src, batch8, tmp_path):
+    _, b8 = batch8
+    b3 = _sample(sample_src, tmp_path / "b3", *BASE, "classes=[walk,fall]", "n_per_class=3", "batch_size=3")
+    np.testing.assert_array_equal(b3["labels"], b8["labels"])
+    _same_up_to_rounding(b3["images"], b8["images"])
+    # fall alone, fewer per class: its images are fall's in the two-class run
+    fall = _sample(sample_src, tmp_path / "fall", *BASE, "classes=[fall]", "n_per_class=2", "batch_size=2")
+    _same_up_to_rounding(fall["images"], b8["images"][3:5])
+    # and another seed gives other images
+    other = _sample(sample_src, tmp_path / "s8", *BASE[:3], "seed=8", "classes=[walk,fall]", "n_per_class=3")
+    assert (other["images"].astype(int) - b8["images"]).__abs__().mean() > 1
+
+
+@pytest.mark.slow
+def test_guidance_1_is_the_conditional_model_and_0_the_unconditional(sample_src, tmp_path):
+    from latent_diffusion.diffusion import generators_from_seeds, sample
+    from latent_diffusion.lit.export import load_export
+    from latent_diffusion.lit.grid import to_uint8
+    from latent_diffusion.sampling import generate, image_seed
+
+    exp = load_export(sample_src)
+    run = exp.class_names.index("run")
+
+    def by_hand(labels):  # the sampler on the plain model, no guidance code involved
+        gens = generators_from_seeds([image_seed(3, run, k) for k in range(2)])
+        z = sample("ddpm", exp.diffusion, lambda x, t: exp.denoiser(x, t, labels), (2, *exp.latent_shape),
+                   steps=5, generators=gens)
+        return to_uint8(exp.vae.decode(z))
+
+    y = torch.tensor([run, run])
+    w1 = _sample(sample_src, tmp_path / "w1", "sampler=ddpm", "steps=5", "seed=3", "classes=[run]",
+                 "n_per_class=2", "guidance=1")
+    np.testing.assert_array_equal(w1["images"], by_hand(y))  # the whole command, bit for bit
+    # After 4 training steps the zero-initialised output layer hardly sees the label; give the
+    # network a random output layer and a strong label embedding so that the branches differ.
+    unet = exp.denoiser.unet
+    torch.nn.init.normal_(unet.conv_out.weight, std=0.05, generator=torch.Generator().manual_seed(0))
+    unet.class_embedding.weight.mul_(20)
+    items = [(run, 0), (run, 1)]
+    g0 = generate(exp, items, "ddpm", 5, 0.0, seed=3, batch_size=2)
+    g1 = generate(exp, items, "ddpm", 5, 1.0, seed=3, batch_size=2)
+    np.testing.assert_array_equal(g1, by_hand(y))
+    # w = 0: pred = pred_uncond, the null class's model (up to the batched forward's rounding)
+    _same_up_to_rounding(g0, by_hand(torch.full_like(y, exp.denoiser.null_class)))
+    assert np.abs(g0.astype(int) - g1).mean() > 2  # ... and the label does matter
+
+
+@pytest.mark.slow
+def test_a_pixel_space_export_writes_the_clamped_sampler_output(sample_src):
+    # vae = None (a vae=none run): the sampler's output IS the image, clamped to [-1, 1]
+    from latent_diffusion.diffusion import generators_from_seeds, sample
+    from latent_diffusion.lit.export import load_export
+    from latent_diffusion.sampling import generate, image_seed
+
+    exp = load_export(sample_src, load_vae=False)
+    got = generate(exp, [(2, 0), (2, 1)], "dpmpp", 3, 1.0, seed=0, batch_size=2)
+    gens = generators_from_seeds([image_seed(0, 2, k) for k in range(2)])
+    z = sample("dpmpp", exp.diffusion, lambda x, t: exp.denoiser(x, t, torch.tensor([2, 2])),
+               (2, *exp.latent_shape), steps=3, generators=gens)
+    assert got.shape == (2, 16, 16, 4)
+    np.testing.assert_array_equal(got, ((z.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+
+
+@pytest.mark.slow
+def test_image_folder_reads_the_output_back_with_its_classes(batch8, tmp_path):
+    from latent_diffusion.data import build_source
+
+    out, r = batch8
+    src = build_source("image_folder", root=out, image_size=64, cache_dir=tmp_path / "cache",
+                       val_fraction=0.0, test_fraction=0.0)
+    assert src.class_names == ["fall", "walk"]  # folders, sorted; the npz and json are ignored
+    xs = {}
+    for x, y in src.split("train"):
+        xs.setdefault(src.class_names[y], []).append(x)
+    assert {k: len(v) for k, v in xs.items()} == {"fall": 3, "walk": 3}
+    # the pixels come back as the package's [-1, 1] convention of the written uint8
+    walk = torch.stack(xs["walk"])  # (3, 1, 64, 64), file order
+    want = torch.from_numpy(r["images"][:3]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    assert walk.shape == (3, 1, 64, 64)
+    torch.testing.assert_close(walk.sort(0).values, want.sort(0).values, atol=1e-3, rtol=0)
+
+
+# ------------------------------------------------------------------ the command line
+@pytest.mark.slow
+def test_cli_refuses_a_foreign_folder_and_a_run_without_export(sample_src, tmp_path):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    proc = run_cli("sample", f"run={sample_src}", f"out_dir={foreign}", "n_per_class=1", cwd=tmp_path,
+                   check=False, env=ONE_THREAD)
+    assert proc.returncode == 2 and "was not written by sample" in proc.stderr
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    proc = run_cli("sample", f"run={tmp_path}", cwd=tmp_path, check=False, env=ONE_THREAD)
+    assert proc.returncode == 2 and "no export found" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("sample", f"run={sample_src}", "classes=[swim]", cwd=tmp_path, check=False, env=ONE_THREAD)
+    assert proc.returncode == 2 and "unknown class ['swim']" in proc.stderr and "'box'" in proc.stderr
+
+
+@pytest.mark.slow
+def test_cli_default_out_dir_rerun_replaces_and_two_ranks_give_the_same_images(sample_src, tmp_path):
+    # batch_size=1: every image is computed alone, so the bits cannot depend on the split
+    args = ("sampler=dpmpp", "steps=3", "guidance=2", "n_per_class=2", "classes=[jump,box,walk]",
+            "batch_size=1", "progress=false")
+    run_cli("sample", f"run={sample_src / 'export'}", *args, cwd=tmp_path, env=ONE_THREAD)
+    out = sample_src / "samples" / "dpmpp-3-w2-seed0"  # the documented default out_dir
+    one = np.load(out / "samples.npz")["arr_0"]
+    # a second run over its own folder replaces it (sample wrote it)
+    run_cli("sample", f"run={sample_src}", *args, cwd=tmp_path, env=ONE_THREAD)
+    np.testing.assert_array_equal(np.load(out / "samples.npz")["arr_0"], one)
+    shutil.rmtree(out)
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun not installed next to this python")
+    env = {**os.environ, **ONE_THREAD, "HYDRA_FULL_ERROR": "1"}
+    dist_out = tmp_path / "two_ranks"
+    proc = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "latent_diffusion.sample",
+         f"run={sample_src}", *args, f"out_dir={dist_out}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    meta = json.loads((dist_out / "metadata.json").read_text())
+    assert meta["world_size"] == 2
+    np.testing.assert_array_equal(np.load(dist_out / "samples.npz")["arr_0"], one)
