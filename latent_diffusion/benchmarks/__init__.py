@@ -1,0 +1,16 @@
+"""`python -m latent_diffusion.bench`: the pipeline's speed measured side by side.
+
+timing.py    warm-up, alternating repetitions, medians, peak memory
+setup.py     the VAE, denoisers (latent and the paired pixel UNet), module, batches
+training.py  train throughput (latent/pixel, cached/online, bf16), Lightning vs bare loop, batch scaling
+data.py      simulator, DataLoader vs training step, VAE encode/decode
+sampling.py  samplers with and without guidance, the cost of one guided forward
+gpu.py       GPU switches (CUDA only) and torch.profiler top items
+report.py    headline ratios against their targets, Markdown
+"""
+
+# The part names, importable without torch (the entry point checks `parts` before the
+# heavy imports); runner.PARTS maps each to its function.
+PART_NAMES = ("train", "batch", "data", "vae", "sample", "gpu_switches", "profile")
+
+__all__ = ["PART_NAMES"]

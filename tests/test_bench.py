@@ -1,0 +1,103 @@
+"""`python -m latent_diffusion.bench quick=true` through the real CLI: the JSON has every
+documented field, every throughput is positive and finite, and every ratio is the
+quotient of the same run's numbers. The speeds themselves are not asserted (design.md:
+speed targets live in bench, not in timed tests), except the guidance cost, which is
+structural: one batched forward of 2B, not more than two forwards of B."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from cli import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory, request):
+    out = tmp_path_factory.mktemp("bench")
+    root = request.config.rootpath
+    run_cli("bench", f"out_dir={out}", "quick=true", "parts=[train,sample,vae,gpu_switches]",
+            "lightning.steps=1", "sample.repeats=1", "repeats=1", "warmup=0", cwd=root, timeout=300)
+    return json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text()
+
+
+def _rates(tree):
+    """Every images/s, batches/s or spectrograms/min number anywhere in the result."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            if k in ("images_per_s", "batches_per_s", "spectrograms_per_min"):
+                yield v
+            else:
+                yield from _rates(v)
+    elif isinstance(tree, list):
+        for v in tree:
+            yield from _rates(v)
+
+
+def test_documented_keys_and_finite_rates(bench):
+    res, md = bench
+    assert set(res) == {"meta", "parts", "summary"}
+    meta = res["meta"]
+    for key in ("command", "device", "torch", "threads", "loadavg_before", "loadavg_after", "repeats", "config"):
+        assert key in meta
+    assert meta["quick"] is True and meta["device"] == "cpu"
+    assert set(res["parts"]) == {"train", "sample", "vae", "gpu_switches"}
+    rates = list(_rates(res["parts"]))
+    assert len(rates) >= 12
+    assert all(math.isfinite(r) and r > 0 for r in rates), rates
+    t = res["parts"]["train"]["models"]["tiny"]
+    assert set(t["variants"]) == {"latent_cached", "latent_online", "pixel", "latent_cached_bf16"}
+    # the pixel UNet is the latent one with two leading levels for the f4 VAE's two halvings
+    assert t["pixel_channel_mult"] == [1, 1] + t["latent_channel_mult"]
+    assert t["pixel_shape"] == [1, 64, 64] and t["latent_shape"] == [4, 16, 16]
+    for v in t["variants"].values():
+        assert len(v["times_s"]) == 1  # repeats=1
+        assert v["peak_mem_mb"] is None or v["peak_mem_mb"] > 0
+    assert "skipped" in res["parts"]["gpu_switches"]  # no CUDA here: a note, not numbers
+    # the summary lists what was measured, each with its target
+    assert {"latent_over_pixel", "cached_over_online", "lightning_over_bare",
+            "guided_over_unguided_time"} <= set(res["summary"])
+    assert "## Training throughput" in md and "lightning_over_bare" in md
+
+
+def test_ratios_are_quotients_of_the_same_run(bench):
+    res, _ = bench
+    t = res["parts"]["train"]
+    m = t["models"]["tiny"]
+    ips = {k: v["images_per_s"] for k, v in m["variants"].items()}
+    assert m["ratios"]["latent_over_pixel"] == pytest.approx(ips["latent_cached"] / ips["pixel"])
+    assert m["ratios"]["cached_over_online"] == pytest.approx(ips["latent_cached"] / ips["latent_online"])
+    assert m["ratios"]["bf16_over_fp32"] == pytest.approx(ips["latent_cached_bf16"] / ips["latent_cached"])
+    # images/s is images over the median time of one repeat
+    n = t["batch_size"] * t["steps_per_repeat"]
+    assert ips["pixel"] == pytest.approx(n / m["variants"]["pixel"]["median_s"])
+    lt = t["lightning"]
+    assert lt["ratios"]["lightning_over_bare"] == pytest.approx(
+        lt["variants"]["lightning"]["images_per_s"] / lt["variants"]["bare_loop"]["images_per_s"])
+    assert res["summary"]["latent_over_pixel"]["value"] == m["ratios"]["latent_over_pixel"]
+    s = res["parts"]["sample"]
+    sv = s["variants"]
+    assert s["ratios"]["guided_over_unguided_time[dpmpp-20]"] == pytest.approx(
+        sv["dpmpp-20-guided"]["median_s"] / sv["dpmpp-20"]["median_s"])
+    assert res["summary"]["guided_over_unguided_time"]["met"] == (
+        res["summary"]["guided_over_unguided_time"]["value"] <= 1.2)
+
+
+def test_guidance_costs_one_batched_forward(bench):
+    """cfg_model_fn evaluates [x; x] in one call: never slower than two calls of B
+    (1.6 leaves room for the noise of a shared 2-core machine)."""
+    g = bench[0]["parts"]["sample"]["guidance_forward"]
+    med = {k: v["median_s"] for k, v in g["variants"].items()}
+    assert g["ratios"]["guided_over_two_forwards"] == pytest.approx(med["guided_batched"] / med["two_forwards"])
+    assert g["ratios"]["guided_over_two_forwards"] < 1.6
+
+
+def test_unknown_part_is_a_user_error(tmp_path, request):
+    proc = run_cli("bench", f"out_dir={tmp_path}", "parts=[train,warp]", cwd=request.config.rootpath,
+                   check=False, timeout=120)
+    assert proc.returncode != 0
+    assert "warp" in proc.stderr and "choose from" in proc.stderr
+    assert not (tmp_path / "bench.json").exists()
