@@ -1,0 +1,185 @@
+"""The whole evaluation: real data + generated set -> one metrics dict (report.py writes it).
+
+Which real images each part uses (docs/evaluation.md explains why):
+  classifier / TRTR / CAS   domain classifier trained on real train, scored on real test / generated
+  TSTR, augmentation        fresh classifiers, always scored on real test
+  FID / KID / P-R           reference = n real *train* images; candidates of exactly n images:
+                            generated, real held-out (val + test: real-vs-real) and the same held-out
+                            images through the VAE and back (the VAE ceiling)
+  kinematics                generated vs real train per class; real held-out vs real train beside it
+  memorisation              generated -> train vs real test -> train, pixels and features
+Real pixels are quantised to 8 bits like generated PNGs, so bit depth is not a difference.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from latent_diffusion.metrics import distances, kinematics, memorisation, protocol
+from latent_diffusion.metrics.classifier import ClassifierConfig, load_or_train_domain_classifier
+from latent_diffusion.metrics.features import DomainFeatures, extract_features
+from latent_diffusion.metrics.generated import load_generated
+from latent_diffusion.utils.errors import UserError
+
+log = logging.getLogger(__name__)
+PARTS = ("classifier", "tstr", "augmentation", "distances", "kinematics", "memorisation")
+
+
+def to_u8_grid(x: torch.Tensor) -> torch.Tensor:
+    return torch.round((x.clamp(-1, 1) + 1) * 127.5) / 127.5 - 1  # (N, C, H, W) on the 8-bit grid
+
+
+def stack_split(ds) -> tuple[torch.Tensor, torch.Tensor]:
+    if len(ds) == 0:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    xs, ys = zip(*(ds[i] for i in range(len(ds))), strict=True)
+    return to_u8_grid(torch.stack(xs).float()), torch.as_tensor(ys, dtype=torch.long)
+
+
+def load_vae(cfg: DictConfig):
+    """The VAE for the ceiling reference: vae_path=, else the one a run= export names, else None."""
+    path = cfg.get("vae_path")
+    if path is None and cfg.get("run"):
+        import json
+
+        from latent_diffusion.lit.export import find_export
+
+        ref = json.loads((find_export(cfg.run) / "export.json").read_text()).get("vae") or {}
+        path = ref.get("path")
+    if path is None:
+        return None
+    from latent_diffusion.vae.interface import FrozenVAE, LatentStatsWarning
+
+    with warnings.catch_warnings():  # encode + decode: shift / scale cancel, their values do not matter
+        warnings.simplefilter("ignore", LatentStatsWarning)
+        return FrozenVAE.load(path, data_channels=1)
+
+
+@torch.no_grad()
+def vae_roundtrip(vae, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    out = [vae.decode(vae.encode(x[i:i + batch_size], sample=False)) for i in range(0, len(x), batch_size)]
+    return to_u8_grid(torch.cat(out))
+
+
+def kin_params(cfg: DictConfig, source) -> dict:
+    radar = getattr(source, "radar", None)
+    k = cfg.kinematics
+    pick = lambda key, default: float(k[key] if k.get(key) is not None else getattr(radar, key, default))  # noqa: E731
+    return {"v_max": pick("v_max", 8.0), "dynamic_range_db": pick("dynamic_range_db", 45.0),
+            "duration_s": pick("duration_s", 4.0)}
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    parts = list(PARTS) if cfg.parts is None else [str(p) for p in cfg.parts]
+    bad = [p for p in parts if p not in PARTS]
+    if bad:
+        raise UserError(f"parts={parts}: unknown {bad}; choose from {list(PARTS)}")
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    t0 = time.time()
+    dm = instantiate(cfg.real)
+    src, names = dm.source, list(dm.class_names)
+    train, val, test = (stack_split(src.split(s)) for s in ("train", "val", "test"))
+    if len(test[1]) == 0:
+        raise UserError("the real test split is empty: give the real data a test split (real.test_per_class / "
+                        "real.test_fraction)")
+    log.info("real data loaded in %.0f s", time.time() - t0)
+    gen_x, gen_y, gen_counts = load_generated(cfg.generated, names, int(src.image_size), bool(cfg.resize))
+    n_min = int(cfg.min_samples)
+    if len(gen_y) < n_min:
+        raise UserError(f"generated={cfg.generated} holds {len(gen_y)} images; the distances need at least "
+                        f"{n_min} (min_samples): sample n_per_class >= {math.ceil(n_min / len(names))}")
+    out: dict = {
+        "classes": names,
+        "real": {"fingerprint": dm.fingerprint(), "n_train": len(train[1]), "n_val": len(val[1]),
+                 "n_test": len(test[1])},
+        "generated": {"path": str(cfg.generated), "n": len(gen_y),
+                      "per_class": {c: int(n) for c, n in zip(names, gen_counts, strict=True)}},
+        "config": OmegaConf.to_container(cfg, resolve=False),
+        "arrays": {},  # not written to JSON: plots only
+    }
+    missing = [c for c, n in zip(names, gen_counts, strict=True) if n == 0]
+    if missing:
+        log.warning("generated set has no images of classes %s: their per-class numbers are empty", missing)
+    ccfg = ClassifierConfig.make(OmegaConf.to_container(cfg.classifier))
+    model, meta = load_or_train_domain_classifier(train, test, names, dm.fingerprint(), ccfg, cfg.cache_dir)
+    feats = DomainFeatures(model)
+    if "classifier" in parts:
+        out["trtr"] = protocol.cas(model, test[0], test[1].numpy(), names)
+        out["cas"] = protocol.cas(model, gen_x, gen_y.numpy(), names)
+        out["cas"]["ratio_to_trtr"] = out["cas"]["accuracy"] / max(out["trtr"]["accuracy"], 1e-12)
+        out["classifier"] = {k_: meta[k_] for k_ in ("key", "config", "num_features", "n_train", "test_accuracy")}
+    pcfg = ClassifierConfig.make({**OmegaConf.to_container(cfg.classifier), **OmegaConf.to_container(cfg.protocol)})
+    if "tstr" in parts:
+        log.info("TSTR: training on generated images (%.0f s so far)", time.time() - t0)
+        out["tstr"] = protocol.tstr(gen_x, gen_y.numpy(), train[1].numpy(), test[0], test[1].numpy(), names, pcfg)
+        trtr_p = protocol.tstr(train[0], train[1].numpy(), train[1].numpy(), test[0], test[1].numpy(), names, pcfg)
+        out["tstr"]["trtr_same_budget"] = trtr_p["accuracy"]  # same steps as TSTR: the fair reference
+    if "augmentation" in parts:
+        log.info("augmentation curve (%.0f s so far)", time.time() - t0)
+        a = cfg.augmentation
+        out["augmentation"] = protocol.augmentation_curve(
+            train[0], train[1].numpy(), gen_x, gen_y.numpy(), test[0], test[1].numpy(), names, pcfg,
+            [float(f) for f in a.fractions], [int(m) for m in a.multipliers], [int(s) for s in a.seeds])
+    if "distances" in parts:
+        log.info("distances (%.0f s so far)", time.time() - t0)
+        out["distances"] = _distances(cfg, feats, train, val, test, gen_x, gen_y, names)
+    if "kinematics" in parts:
+        log.info("kinematics (%.0f s so far)", time.time() - t0)
+        kp = kin_params(cfg, src)
+        ks = {name: kinematics.kinematic_stats(x.numpy(), **kp) for name, x in
+              (("gen", gen_x), ("train", train[0]), ("heldout", torch.cat([val[0], test[0]])))}
+        held_y = torch.cat([val[1], test[1]]).numpy()
+        out["kinematics"] = {"params": kp, "per_class": kinematics.kinematic_fidelity(
+            ks["gen"], gen_y.numpy(), ks["train"], train[1].numpy(), names, ks["heldout"], held_y)}
+        out["arrays"]["kinematics"] = {"gen": (ks["gen"], gen_y.numpy()), "real": (ks["train"], train[1].numpy())}
+    if "memorisation" in parts:
+        f_gen, f_test, f_train = (extract_features(feats, x) for x in (gen_x, test[0], train[0]))
+        out["memorisation"] = memorisation.memorisation(gen_x, test[0], train[0], f_gen, f_test, f_train)
+    out["arrays"]["images"] = {"gen": (gen_x, gen_y.numpy()), "real": (train[0], train[1].numpy())}
+    out["seconds"] = round(time.time() - t0, 1)
+    return out
+
+
+def _distances(cfg, feats, train, val, test, gen_x, gen_y, names) -> dict:
+    """Overall and per class: generated / real-vs-real / VAE ceiling against one real reference, same n."""
+    d = cfg.distances
+    held_x, held_y = torch.cat([val[0], test[0]]), torch.cat([val[1], test[1]])
+    vae = load_vae(cfg)
+    rng = np.random.default_rng(int(cfg.seed))
+    n = min(len(gen_y), len(held_y), len(train[1]), int(d.max_n or 10**9))
+    if n < 2:
+        raise UserError("too few images for FID: need at least 2 generated and 2 held-out real images")
+    ri, hi, gi = (rng.permutation(m)[:n] for m in (len(train[1]), len(held_y), len(gen_y)))
+    kw = {"k": int(d.k), "kid_subsets": int(d.kid_subsets), "seed": int(cfg.seed)}
+    ref = train[0][ri]
+    res = {"n": n, "reference": "real train", "overall": {
+        "generated": distances.compare(feats, ref, gen_x[gi], **kw),
+        "real_vs_real": distances.compare(feats, ref, held_x[hi], **kw)}}
+    if vae is not None:
+        log.info("VAE ceiling: %d held-out images through %s", n, vae.path)
+        res["overall"]["vae_ceiling"] = distances.compare(feats, ref, vae_roundtrip(vae, held_x[hi]), **kw)
+        res["vae_path"] = str(vae.path)
+    # Per class: FID only (KID / P-R need more images than a class has), matched n per class.
+    per = {}
+    for ci, c in enumerate(names):
+        idx = [np.flatnonzero(y.numpy() == ci) for y in (train[1], held_y, gen_y)]
+        nc = min(len(i) for i in idx)
+        if nc < int(d.min_per_class):
+            per[c] = {"n": nc}
+            continue
+        r_, h_, g_ = (rng.permutation(i)[:nc] for i in idx)
+        per[c] = {"n": nc, "generated": distances.fid(feats, train[0][r_], gen_x[g_]),
+                  "real_vs_real": distances.fid(feats, train[0][r_], held_x[h_])}
+        if vae is not None:
+            per[c]["vae_ceiling"] = distances.fid(feats, train[0][r_], vae_roundtrip(vae, held_x[h_]))
+    res["per_class_fid"] = per
+    return res

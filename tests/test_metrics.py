@@ -1,0 +1,240 @@
+"""Evaluation metrics on the built-in simulator: each number must react the way its definition says.
+
+One small real set (4 classes x 30 train / 30 test) and one small domain classifier
+are shared by the module; the CLI test (test_evaluate.py) reuses the same simulator cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+
+from latent_diffusion.data import build_source
+from latent_diffusion.data.simulator import sample_seed, simulate_one
+from latent_diffusion.metrics import distances, kinematics, memorisation, protocol
+from latent_diffusion.metrics.classifier import ClassifierConfig, predict, train_classifier
+from latent_diffusion.metrics.features import DomainFeatures, extract_features
+from latent_diffusion.metrics.generated import load_generated
+from latent_diffusion.metrics.suite import stack_split
+from latent_diffusion.utils.errors import UserError
+
+CLASSES = ["walk", "run", "fall", "box"]
+REAL = dict(n_per_class=30, val_per_class=5, test_per_class=30, image_size=64, seed=0, classes=CLASSES)
+SMALL = ClassifierConfig(width=8, steps=150, batch_size=32)
+
+
+@contextlib.contextmanager
+def one_thread():
+    # On a shared 2-core machine one intra-op thread trains these tiny CNNs several times faster.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def real(workdir):
+    src = build_source("microdoppler", **REAL, cache_dir=str(workdir / ".cache" / "latent_diffusion" / "simulator"))
+    return {s: stack_split(src.split(s)) for s in ("train", "val", "test")}
+
+
+@pytest.fixture(scope="module")
+def model(real):
+    with one_thread():
+        return train_classifier(*real["train"], len(CLASSES), SMALL)
+
+
+def _blur(x: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.nn.functional.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)[..., :64, :64]
+
+
+# ------------------------------------------------------------------ distances
+
+
+@pytest.mark.slow
+def test_fid_orders_real_blurred_and_noise(real, model):
+    """FID(train, test) ~ real-vs-real; blurring the test images raises it monotonically with the
+    kernel; noise images are far beyond; a set against itself is ~0."""
+    feats = DomainFeatures(model)
+    ref, test = real["train"][0], real["test"][0]
+    with one_thread():
+        self_fid = distances.fid(feats, test, test)
+        rr = distances.fid(feats, ref, test)
+        blurred = [distances.fid(feats, ref, _blur(test, k)) for k in (3, 5, 9)]
+        noise = distances.fid(feats, ref, torch.rand_like(test) * 2 - 1)
+    assert abs(self_fid) < 1e-3 * rr
+    assert rr < blurred[0] < blurred[1] < blurred[2] < noise, (rr, blurred, noise)
+    assert noise > 10 * rr
+
+
+@pytest.mark.slow
+def test_precision_recall_and_kid(real, model):
+    feats = DomainFeatures(model)
+    ref, test = real["train"][0], real["test"][0]
+    with one_thread():
+        same = distances.compare(feats, ref, test, kid_subsets=10)
+        noise = distances.compare(feats, ref, torch.rand_like(test) * 2 - 1, kid_subsets=10)
+    assert same["precision"] > 0.6 and same["recall"] > 0.6, same
+    # a few noise features land in the wide balls of outlying real points (the k-NN manifold's
+    # known weakness), but noise covers none of the real set
+    assert noise["precision"] < 0.3 and noise["recall"] < 0.05, noise
+    assert noise["kid"] > 20 * abs(same["kid"])
+
+
+def test_precision_recall_of_known_point_sets():
+    """Kynkaanniemi k-NN manifolds: a set inside the real cloud has precision 1; a shifted one 0."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(200, 5, generator=g)
+    p, r = distances.precision_recall(a, a[:100] * 0.5, k=3)
+    assert p == 1.0 and r < 0.9
+    p, r = distances.precision_recall(a, a + 50, k=3)
+    assert p == 0.0 and r == 0.0
+
+
+def test_feature_module_is_what_torchmetrics_needs(model):
+    feats = DomainFeatures(model)
+    assert feats.num_features == 32  # 4 x width
+    x = torch.rand(5, 1, 64, 64) * 2 - 1
+    u8 = torch.round((x + 1) * 127.5).to(torch.uint8)
+    assert torch.allclose(feats(x), feats(u8), atol=0.05)
+    feats.train()
+    assert not feats.training and not feats.classifier.training
+
+
+# ------------------------------------------------------------------ protocol
+
+
+def test_classification_report_by_hand():
+    rep = protocol.classification_report([0, 0, 1, 1, 2], [0, 1, 1, 1, 0], ["a", "b", "c"])
+    assert rep["accuracy"] == pytest.approx(3 / 5)
+    # F1: a = 2PR/(P+R) with P=1/2, R=1/2 -> 1/2; b: P=2/3, R=1 -> 0.8; c: 0
+    assert rep["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    assert rep["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+
+
+@pytest.mark.slow
+def test_cas_on_real_test_is_trtr_and_tstr_on_real_train_matches_trtr(real, model):
+    (tx, ty), (sx, sy) = real["train"], real["test"]
+    trtr = float((predict(model, sx) == sy.numpy()).mean())
+    assert trtr > 0.8  # the simulator's classes are separable
+    assert protocol.cas(model, sx, sy.numpy(), CLASSES)["accuracy"] == pytest.approx(trtr)
+    with one_thread():
+        rep = protocol.tstr(tx, ty.numpy(), ty.numpy(), sx, sy.numpy(), CLASSES, SMALL)
+    assert rep["n_train"] == len(ty)
+    assert abs(rep["accuracy"] - trtr) <= 0.05, (rep["accuracy"], trtr)
+
+
+@pytest.mark.slow
+def test_augmentation_curve_shape_and_gain(real):
+    (tx, ty), (sx, sy) = real["train"], real["test"]
+    cfg = ClassifierConfig(width=8, steps=30, batch_size=32)
+    with one_thread():
+        curve = protocol.augmentation_curve(tx, ty.numpy(), tx, ty.numpy(), sx, sy.numpy(), CLASSES, cfg,
+                                            fractions=[0.2], multipliers=[0, 2], seeds=[0])
+    row = curve["0.2"]
+    assert set(row["accuracy"]) == {"0", "2"}
+    assert row["gain"] == pytest.approx(row["accuracy"]["2"]["mean"] - row["accuracy"]["0"]["mean"])
+    assert all(0 <= v["mean"] <= 1 for v in row["accuracy"].values())
+
+
+def test_stratified_subset_counts():
+    y = np.repeat(np.arange(3), [10, 4, 6])
+    idx = protocol.stratified_subset(y, [5, 8, 0], np.random.default_rng(0), replace_if_short=True)
+    assert np.bincount(y[idx], minlength=3).tolist() == [5, 8, 0]
+    assert len(set(idx[y[idx] == 0])) == 5  # no repeats where there are enough
+
+
+# ------------------------------------------------------------------ kinematics
+
+
+def test_kinematics_recover_walker_torso_velocity_and_cadence():
+    """Torso velocity within a row (0.25 m/s) of the simulator's measured torso radial velocity,
+    cadence = steps per second = 2 / gait cycle within 10 %."""
+    imgs, params = [], []
+    for i in range(8):
+        img, p = simulate_one("walk", sample_seed(11, "train", "walk", i), 64)
+        imgs.append(img * 2 - 1)
+        params.append(p)
+    st = kinematics.kinematic_stats(np.stack(imgs))
+    true_v = np.array([p["torso_radial_mps"] for p in params])
+    assert np.median(np.abs(st["torso"] - true_v)) < 0.2, (st["torso"], true_v)
+    assert np.all(np.abs(st["torso"] - true_v) < 0.35)
+    steps_hz = np.array([2 / p["cycle_s"] for p in params])
+    assert np.median(np.abs(st["cadence"] / steps_hz - 1)) < 0.1, (st["cadence"], steps_hz)
+    # feet swing faster than the torso: the envelope reaches beyond it
+    assert np.all(st["max_doppler"] - st["min_doppler"] > 2 * np.abs(true_v))
+
+
+def test_kinematic_wasserstein_real_vs_real_small_vs_other_class(real):
+    (tx, ty), (sx, sy) = real["train"], real["test"]
+    a, b = kinematics.kinematic_stats(tx.numpy()), kinematics.kinematic_stats(sx.numpy())
+    walk, run = CLASSES.index("walk"), CLASSES.index("run")
+    fid = kinematics.kinematic_fidelity(b, sy.numpy(), a, ty.numpy(), CLASSES)
+    # "generated" = real test labelled run, compared with real walk
+    swapped = np.where(sy.numpy() == run, walk, -1)
+    other = kinematics.kinematic_fidelity(b, swapped, a, ty.numpy(), CLASSES)
+    for s in ("bandwidth", "max_doppler"):
+        assert fid["walk"][s]["w1"] * 3 < other["walk"][s]["w1"], (s, fid["walk"][s], other["walk"][s])
+    assert fid["fall"]["cadence"]["w1"] is None or np.isfinite(fid["fall"]["cadence"]["w1"])
+
+
+# ------------------------------------------------------------------ memorisation
+
+
+def test_memorisation_flags_copies_not_fresh_samples(real, model):
+    (tx, _), (sx, _) = real["train"], real["test"]
+    feats = DomainFeatures(model)
+    ftr = extract_features(feats, tx)
+    copies = tx[:40]
+    m = memorisation.memorisation(copies, sx, tx, extract_features(feats, copies), extract_features(feats, sx), ftr)
+    assert m["pixel"]["ratio"] < 0.01 and m["pixel"]["frac_copies"] == 1.0
+    assert m["feature"]["ratio"] < 0.01
+    fresh, held = sx[::2], sx[1::2]  # disjoint halves of fresh simulator draws
+    m = memorisation.memorisation(fresh, held, tx, extract_features(feats, fresh), extract_features(feats, held), ftr)
+    assert 0.75 < m["pixel"]["ratio"] < 1.33 and m["pixel"]["frac_copies"] < 0.1, m["pixel"]
+    assert 0.6 < m["feature"]["ratio"] < 1.6
+
+
+# ------------------------------------------------------------------ reading generated sets
+
+
+def _write_folder(root, names, n=3, size=64):
+    from PIL import Image
+
+    for c in names:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((size, size), 40 * i, np.uint8), mode="L").save(root / c / f"{c}_{i:05d}.png")
+
+
+def test_generated_folder_and_npz(tmp_path):
+    _write_folder(tmp_path / "g", ["run", "walk"])
+    (tmp_path / "g" / "grid.png").write_bytes(b"not read")
+    x, y, counts = load_generated(tmp_path / "g", CLASSES, 64)
+    assert x.shape == (6, 1, 64, 64) and x.min() == -1.0
+    assert y.tolist() == [1, 1, 1, 0, 0, 0] and counts.tolist() == [3, 3, 0, 0]  # mapped by name
+    u8 = np.zeros((4, 64, 64, 1), np.uint8)
+    np.savez(tmp_path / "s.npz", u8, np.array([0, 1, 1, 0]), class_names=np.array(["box", "walk"]))
+    x, y, _ = load_generated(tmp_path / "s.npz", CLASSES, 64)
+    assert y.tolist() == [3, 0, 0, 3]
+
+
+def test_generated_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_generated(tmp_path / "nope", CLASSES, 64)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="holds no images"):
+        load_generated(tmp_path / "empty", CLASSES, 64)
+    _write_folder(tmp_path / "bad", ["walk", "swim"])
+    with pytest.raises(UserError, match=r"\['swim'\].*walk.*run"):
+        load_generated(tmp_path / "bad", CLASSES, 64)
+    _write_folder(tmp_path / "big", ["walk"], size=128)
+    with pytest.raises(UserError, match=r"128, 128.*64x64.*resize=true"):
+        load_generated(tmp_path / "big", CLASSES, 64)
+    x, _, _ = load_generated(tmp_path / "big", CLASSES, 64, resize=True)
+    assert x.shape == (3, 1, 64, 64)
