@@ -22,6 +22,8 @@ a custom module receives the images unchanged (float, [-1, 1]).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
@@ -50,7 +52,9 @@ def kid(features: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor, subse
         seed: int = 0) -> tuple[float, float]:
     """(mean, std) of KID over `subsets` random subsets of min(1000, n) images."""
     n = min(len(real), len(fake))
-    m = KernelInceptionDistance(feature=features, subsets=subsets, subset_size=min(KID_MAX_SUBSET, n))
+    with warnings.catch_warnings():  # "will save all extracted features": a few hundred x F floats here
+        warnings.simplefilter("ignore", UserWarning)
+        m = KernelInceptionDistance(feature=features, subsets=subsets, subset_size=min(KID_MAX_SUBSET, n))
     _feed(m, real, True)
     _feed(m, fake, False)
     with torch.random.fork_rng():  # torchmetrics draws the subsets from the global generator
