@@ -238,3 +238,17 @@ def test_generated_errors(tmp_path):
         load_generated(tmp_path / "big", CLASSES, 64)
     x, _, _ = load_generated(tmp_path / "big", CLASSES, 64, resize=True)
     assert x.shape == (3, 1, 64, 64)
+
+
+def test_training_callback_scores(real, model):
+    """The callback's numbers: real held-out images as 'samples' score the TRTR accuracy as CAS
+    and an FID at the real-vs-real floor; noise scores far worse on both."""
+    from latent_diffusion.metrics.callback import domain_scores
+
+    (tx, _), (sx, sy) = real["train"], real["test"]
+    feats = DomainFeatures(model)
+    good = domain_scores(model, feats, tx, sx, sx, sy.numpy())
+    assert good["eval/fid_domain"] == pytest.approx(good["eval/fid_real_vs_real"])
+    assert good["eval/cas"] == pytest.approx(float((predict(model, sx) == sy.numpy()).mean()))
+    bad = domain_scores(model, feats, tx, sx, torch.rand_like(sx) * 2 - 1, sy.numpy())
+    assert bad["eval/fid_domain"] > 10 * good["eval/fid_domain"] and bad["eval/cas"] < 0.5
