@@ -72,7 +72,14 @@ def vae_roundtrip(vae, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
 def kin_params(cfg: DictConfig, source) -> dict:
     radar = getattr(source, "radar", None)
     k = cfg.kinematics
-    pick = lambda key, default: float(k[key] if k.get(key) is not None else getattr(radar, key, default))  # noqa: E731
+    real = cfg.real
+
+    def pick(key, default):  # explicit > the simulator's radar > the reader's option > default
+        for v in (k.get(key), getattr(radar, key, None), real.get(key)):
+            if v is not None:
+                return float(v)
+        return float(default)
+
     return {"v_max": pick("v_max", 8.0), "dynamic_range_db": pick("dynamic_range_db", 45.0),
             "duration_s": pick("duration_s", 4.0)}
 
@@ -103,7 +110,7 @@ def evaluate(cfg: DictConfig) -> dict:
                  "n_test": len(test[1])},
         "generated": {"path": str(cfg.generated), "n": len(gen_y),
                       "per_class": {c: int(n) for c, n in zip(names, gen_counts, strict=True)}},
-        "config": OmegaConf.to_container(cfg, resolve=False),
+        "config": _config(cfg),
         "arrays": {},  # not written to JSON: plots only
     }
     missing = [c for c, n in zip(names, gen_counts, strict=True) if n == 0]
@@ -147,6 +154,13 @@ def evaluate(cfg: DictConfig) -> dict:
     out["arrays"]["images"] = {"gen": (gen_x, gen_y.numpy()), "real": (train[0], train[1].numpy())}
     out["seconds"] = round(time.time() - t0, 1)
     return out
+
+
+def _config(cfg: DictConfig) -> dict:
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # ${hydra:...} outside a Hydra app (library use): keep the interpolations
+        return OmegaConf.to_container(cfg, resolve=False)
 
 
 def _distances(cfg, feats, train, val, test, gen_x, gen_y, names) -> dict:
