@@ -118,13 +118,15 @@ def augmentation_plot(curve: dict) -> Image.Image:
     lx = np.log(fr)
     span = max(lx.max() - lx.min(), 1e-9)
     px = lambda f: x0 + 20 + (np.log(f) - lx.min()) / span * (x1 - x0 - 40)  # noqa: E731
-    py = lambda a: y1 - a * (y1 - y0)  # noqa: E731
-    for a in (0, 0.25, 0.5, 0.75, 1.0):
+    mults = list(next(iter(curve.values()))["accuracy"])
+    vals = [v["mean"] - v["std"] for row in curve.values() for v in row["accuracy"].values()]
+    lo = max(0.0, np.floor((min(vals) - 0.02) * 20) / 20)  # zoom on the data, 0.05 steps
+    py = lambda a: y1 - (a - lo) / (1 - lo) * (y1 - y0)  # noqa: E731
+    for a in np.linspace(lo, 1.0, 5):
         d.line([x0, py(a), x0 + 4, py(a)], fill="black")
-        d.text((x0 - 34, py(a) - 6), f"{a:.2f}", fill="black")
+        d.text((x0 - 40, py(a) - 6), f"{a:.3f}", fill="black")
     for f in fr:
         d.text((px(f) - 10, y1 + 6), f"{f:.0%}", fill="black")
-    mults = list(next(iter(curve.values()))["accuracy"])
     for j, mult in enumerate(mults):
         col = COLOURS[j % len(COLOURS)]
         pts = [(px(f), py(curve[k]["accuracy"][mult]["mean"])) for k, f in zip(curve, fr, strict=True)]
@@ -132,6 +134,7 @@ def augmentation_plot(curve: dict) -> Image.Image:
         for (x, _), k in zip(pts, curve, strict=True):
             mu, sd = curve[k]["accuracy"][mult]["mean"], curve[k]["accuracy"][mult]["std"]
             d.line([x, py(mu - sd), x, py(mu + sd)], fill=col)
+            d.ellipse([x - 3, py(mu) - 3, x + 3, py(mu) + 3], fill=col)
         d.text((x0 + 10, y0 + 6 + 14 * j), f"+{mult}x synthetic", fill=col)
     d.text((x0 + 150, 8), "real test accuracy vs real training fraction", fill="black")
     return img
