@@ -91,7 +91,11 @@ def check_args(sampler: str, steps, guidance: float, n_per_class: int, batch_siz
                 f"steps={steps!r}: must be an integer in [1, {num_timesteps}] "
                 f"(the model was trained with T={num_timesteps} steps)"
             )
-    if guidance is None or not float(guidance) >= 0:  # also rejects NaN
+    try:
+        guidance, eta = float(guidance), float(eta)
+    except (TypeError, ValueError):
+        raise UserError(f"guidance={guidance!r}, eta={eta!r}: both must be numbers") from None
+    if not guidance >= 0:  # also rejects NaN
         raise UserError(f"guidance={guidance}: must be >= 0 (0 = unconditional, 1 = no guidance, >1 = guided)")
     if not isinstance(n_per_class, int) or n_per_class < 1:
         raise UserError(f"n_per_class={n_per_class!r}: must be an integer >= 1")
@@ -258,9 +262,11 @@ def sample_run(cfg) -> Path | None:
 
     t_start = time.time()
     rank, world, local = dist_context()
-    export_path = find_export(cfg.run) if cfg.run not in (None, "", "???") else None
-    if export_path is None:
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_missing(cfg, "run") or cfg.run in (None, ""):
         raise UserError("run is not set: pass run=<training run dir or its export/ dir>")
+    export_path = find_export(cfg.run)
     meta = json.loads((export_path / "export.json").read_text())
     T = int(meta["diffusion"]["timesteps"])
     sampler = str(cfg.sampler)

@@ -59,6 +59,8 @@ def test_image_seeds_are_distinct_stable_and_independent_of_the_rest():
         (["batch_size=0"], "batch_size=0: must be an integer >= 1"),
         (["classes=[walk,swim]"], "unknown class ['swim']; the model knows ['walk', 'run'"),
         (["sampler=dpmpp", "eta=0.5"], "only sampler=ddim takes eta"),
+        (["guidance=strong"], "guidance='strong', eta=0.0: both must be numbers"),
+        (["steps=ddim50"], "steps='ddim50': must be an integer"),
     ],
 )
 def test_bad_values_name_the_problem_before_any_work(overrides, needle, tmp_path):
@@ -76,6 +78,15 @@ def test_bad_values_name_the_problem_before_any_work(overrides, needle, tmp_path
 
 
 # ------------------------------------------------------------------ fixtures
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # in-process sampling on a busy 2-core machine: 1 intra-op thread is several times faster
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def sample_src(tmp_path_factory) -> Path:
     """A trained tiny run (4 steps: noise-like samples, real plumbing). Its own folder:
@@ -231,44 +242,54 @@ def test_image_folder_reads_the_output_back_with_its_classes(batch8, tmp_path):
     torch.testing.assert_close(walk.sort(0).values, want.sort(0).values, atol=1e-3, rtol=0)
 
 
-# ------------------------------------------------------------------ the command line
+# ------------------------------------------------------------------ folders and the command line
 @pytest.mark.slow
-def test_cli_refuses_a_foreign_folder_and_a_run_without_export(sample_src, tmp_path):
+def test_default_out_dir_and_a_rerun_replaces_its_own_folder(sample_src, tmp_path):
+    from latent_diffusion.sampling import sample_run
+
+    args = ("sampler=dpmpp", "steps=3", "guidance=2", "classes=[jump]", "n_per_class=2")
+    out = sample_run(_cfg(sample_src / "export", "null", *args))
+    assert out == sample_src / "samples" / "dpmpp-3-w2-seed0"  # <run dir>/samples/..., documented
+    first = np.load(out / "samples.npz")["arr_0"]
+    (out / "jump" / "jump_00000.png").unlink()  # a rerun rebuilds the folder `sample` wrote
+    assert sample_run(_cfg(sample_src, "null", *args)) == out
+    np.testing.assert_array_equal(np.load(out / "samples.npz")["arr_0"], first)
+    assert (out / "jump" / "jump_00000.png").is_file()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary left
+    with pytest.raises(UserError, match="no export found"):
+        sample_run(_cfg(tmp_path, "null"))
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_foreign_folder_with_exit_code_2(sample_src, tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
     proc = run_cli("sample", f"run={sample_src}", f"out_dir={foreign}", "n_per_class=1", cwd=tmp_path,
                    check=False, env=ONE_THREAD)
     assert proc.returncode == 2 and "was not written by sample" in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert (foreign / "notes.txt").read_text() == "keep me"
-    proc = run_cli("sample", f"run={tmp_path}", cwd=tmp_path, check=False, env=ONE_THREAD)
-    assert proc.returncode == 2 and "no export found" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("sample", f"run={sample_src}", "classes=[swim]", cwd=tmp_path, check=False, env=ONE_THREAD)
-    assert proc.returncode == 2 and "unknown class ['swim']" in proc.stderr and "'box'" in proc.stderr
+    # (each bad value's message: test_bad_values_name_the_problem_before_any_work, in-process)
 
 
 @pytest.mark.slow
-def test_cli_default_out_dir_rerun_replaces_and_two_ranks_give_the_same_images(sample_src, tmp_path):
-    # batch_size=1: every image is computed alone, so the bits cannot depend on the split
-    args = ("sampler=dpmpp", "steps=3", "guidance=2", "n_per_class=2", "classes=[jump,box,walk]",
-            "batch_size=1", "progress=false")
-    run_cli("sample", f"run={sample_src / 'export'}", *args, cwd=tmp_path, env=ONE_THREAD)
-    out = sample_src / "samples" / "dpmpp-3-w2-seed0"  # the documented default out_dir
-    one = np.load(out / "samples.npz")["arr_0"]
-    # a second run over its own folder replaces it (sample wrote it)
-    run_cli("sample", f"run={sample_src}", *args, cwd=tmp_path, env=ONE_THREAD)
-    np.testing.assert_array_equal(np.load(out / "samples.npz")["arr_0"], one)
-    shutil.rmtree(out)
+def test_two_ranks_under_torchrun_write_the_same_images_as_one_process(sample_src, tmp_path):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     if torchrun is None:
         pytest.skip("torchrun not installed next to this python")
+    # batch_size=1: every image is computed alone, so the bits cannot depend on the split
+    args = ("sampler=dpmpp", "steps=3", "guidance=2", "n_per_class=2", "classes=[jump,box,walk]",
+            "batch_size=1", "progress=false")
+    one = _sample(sample_src, tmp_path / "one", *args)
     env = {**os.environ, **ONE_THREAD, "HYDRA_FULL_ERROR": "1"}
-    dist_out = tmp_path / "two_ranks"
     proc = subprocess.run(
         [torchrun, "--standalone", "--nproc_per_node=2", "-m", "latent_diffusion.sample",
-         f"run={sample_src}", *args, f"out_dir={dist_out}"],
+         f"run={sample_src}", *args, f"out_dir={tmp_path / 'two'}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    meta = json.loads((dist_out / "metadata.json").read_text())
-    assert meta["world_size"] == 2
-    np.testing.assert_array_equal(np.load(dist_out / "samples.npz")["arr_0"], one)
+    with np.load(tmp_path / "two" / "samples.npz") as z:
+        np.testing.assert_array_equal(z["arr_0"], one["images"])
+        np.testing.assert_array_equal(z["arr_1"], one["labels"])
+    meta = json.loads((tmp_path / "two" / "metadata.json").read_text())
+    assert meta["world_size"] == 2 and meta["counts"] == {"jump": 2, "box": 2, "walk": 2}
