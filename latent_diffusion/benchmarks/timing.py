@@ -10,6 +10,7 @@ is trustworthy, not the absolute images/s.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import statistics
@@ -18,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 
+log = logging.getLogger(__name__)
 
 def resolve_device(name: str) -> torch.device:
     """auto -> cuda if visible, else cpu; anything else is taken as given."""
@@ -129,6 +131,7 @@ def alternate(
                 peaks[n] = m.mb
             else:
                 times[n].append(time_once(variants[n], device))
+        log.info("round %d/%d: %s", r + 1, repeats, ", ".join(f"{n} {times[n][-1]:.3f} s" for n in names))
     return {
         n: {"times_s": [round(t, 6) for t in times[n]], "median_s": statistics.median(times[n]),
             "peak_mem_mb": None if peaks.get(n) is None else round(peaks[n], 1)}

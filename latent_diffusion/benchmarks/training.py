@@ -127,7 +127,7 @@ def run_train(cfg, device, vae, pool) -> dict:
     pix = setup.pixel_batch(x, y, B, device)
     cached = setup.cached_batch(vae, pix)
     for size in cfg.train.models:
-        mult = setup.pixel_channel_mult(size, vae.downsample_factor)
+        mult = list(cfg.train.get("pixel_channel_mult") or setup.pixel_channel_mult(size, vae.downsample_factor))
         latent = BareStep(setup.make_module(setup.make_denoiser(size, latent_shape), latent_shape, vae), device)
         online = BareStep(setup.make_module(setup.make_denoiser(size, latent_shape), latent_shape, vae), device)
         pixel = BareStep(setup.make_module(setup.make_denoiser(size, pixel_shape, mult), pixel_shape, None), device)
