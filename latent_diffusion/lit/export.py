@@ -20,7 +20,6 @@ from safetensors.torch import load_file
 
 from latent_diffusion.utils.errors import UserError
 from latent_diffusion.utils.io import atomic_dir, atomic_write_json
-from latent_diffusion.vae.resolve import vae_reference
 
 EXPORT_VERSION = 1
 
@@ -42,6 +41,8 @@ def _derived(denoiser) -> dict:
 
 def export_run(module, cfg: DictConfig, export_dir) -> Path:
     export_dir = Path(export_dir)
+    from latent_diffusion.vae.resolve import vae_reference  # diffusers: imported when needed
+
     denoiser = module.plain_denoiser
     meta = {
         "version": EXPORT_VERSION,
