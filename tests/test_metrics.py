@@ -252,3 +252,25 @@ def test_training_callback_scores(real, model):
     assert good["eval/cas"] == pytest.approx(float((predict(model, sx) == sy.numpy()).mean()))
     bad = domain_scores(model, feats, tx, sx, torch.rand_like(sx) * 2 - 1, sy.numpy())
     assert bad["eval/fid_domain"] > 10 * good["eval/fid_domain"] and bad["eval/cas"] < 0.5
+
+
+def test_vae_ceiling_vae_from_a_run_export(tmp_path):
+    """run= finds the VAE named in export.json (hash-checked); vae_path= alone loads a folder."""
+    import json
+
+    from omegaconf import OmegaConf
+    from test_evaluate import _tiny_vae
+
+    from latent_diffusion.metrics.suite import load_vae, vae_roundtrip
+    from latent_diffusion.vae.resolve import vae_reference
+
+    vae = load_vae(OmegaConf.create({"vae_path": str(_tiny_vae(tmp_path / "vae")), "run": None}))
+    (tmp_path / "run" / "export").mkdir(parents=True)
+    (tmp_path / "run" / "export" / "export.json").write_text(json.dumps({"vae": vae_reference(vae)}))
+    again = load_vae(OmegaConf.create({"vae_path": None, "run": str(tmp_path / "run")}))
+    assert again.weights_hash == vae.weights_hash
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    y = vae_roundtrip(again, x)
+    assert y.shape == x.shape and torch.equal(y, vae_roundtrip(vae, x))
+    assert torch.equal(y, torch.round((y + 1) * 127.5) / 127.5 - 1)  # on the 8-bit grid
+    assert load_vae(OmegaConf.create({"vae_path": None, "run": None})) is None

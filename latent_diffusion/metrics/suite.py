@@ -45,15 +45,18 @@ def stack_split(ds) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def load_vae(cfg: DictConfig):
-    """The VAE for the ceiling reference: vae_path=, else the one a run= export names, else None."""
+    """The VAE for the ceiling reference: the one a run= export names (its weights hash checked;
+    vae_path= overrides where it lives), else vae_path=, else None."""
     path = cfg.get("vae_path")
-    if path is None and cfg.get("run"):
+    if cfg.get("run"):
         import json
 
         from latent_diffusion.lit.export import find_export
+        from latent_diffusion.vae.resolve import vae_from_reference
 
-        ref = json.loads((find_export(cfg.run) / "export.json").read_text()).get("vae") or {}
-        path = ref.get("path")
+        ref = json.loads((find_export(cfg.run) / "export.json").read_text()).get("vae")
+        if ref:
+            return vae_from_reference(ref, path_override=path)
     if path is None:
         return None
     from latent_diffusion.vae.interface import FrozenVAE, LatentStatsWarning
