@@ -24,7 +24,7 @@ def stages(fast: bool) -> list[tuple[str, list[str]]]:
     train = ["experiment=demo", "ckpt_path=last"]
     sample = [f"run={RUN}", "sampler=dpmpp", "steps=20", "guidance=2.0", "n_per_class=32",
               f"out_dir={SAMPLES}"]
-    evaluate = [f"generated={SAMPLES}", f"out_dir={REPORT}", f"run={RUN}",
+    evaluate = ["real=microdoppler", f"generated={SAMPLES}", f"out_dir={REPORT}", f"run={RUN}",
                 "augmentation.fractions=[0.25,1.0]", "augmentation.multipliers=[0,1]",
                 "augmentation.seeds=[0]"]
     if fast:  # a smoke run of the same pipeline (tests)
