@@ -95,7 +95,11 @@ class LatentDiffusion(L.LightningModule):
             # every rank must see the same loss history: gather before updating
             t_all, l_all = self.all_gather((t, losses["loss"].detach()))
             sampler.update(t_all.reshape(-1), l_all.reshape(-1))
-        if not torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        if self.trainer.world_size > 1:
+            # all ranks skip together: one rank skipping its backward would hang DDP's all-reduce
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
             return self._skip_step(loss)
         self._bad_steps = 0
         self.log("train/loss", loss, prog_bar=True)
@@ -121,7 +125,7 @@ class LatentDiffusion(L.LightningModule):
         if self._bad_steps > self.max_bad_steps:
             raise FloatingPointError(
                 f"{self._bad_steps} non-finite losses in a row (last {loss.item()}); stopping. "
-                "The last good checkpoint is in checkpoints/last.ckpt. Lower model.lr or check "
+                "The last good checkpoint is in checkpoints/last.ckpt. Lower optimizer.lr or check "
                 "the latent statistics (latent_stats.json)."
             )
         return None
