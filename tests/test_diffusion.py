@@ -19,13 +19,18 @@ from latent_diffusion.diffusion import (
 from latent_diffusion.diffusion.losses import gaussian_nll, normal_kl
 from latent_diffusion.utils.errors import UserError
 
-DIFFUSERS_NAME = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
+DIFFUSERS_SCHEDULE = {
+    "linear": {"beta_schedule": "linear"},
+    "cosine": {"beta_schedule": "squaredcos_cap_v2"},
+    # Stable Diffusion's scheduler config: the latent-diffusion schedule
+    "scaled_linear": {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+}
 
 
-@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "scaled_linear"])
 def test_alphas_cumprod_and_q_sample_match_diffusers(schedule):
     d = GaussianDiffusion(betas_for(schedule, 1000))
-    sch = DDPMScheduler(num_train_timesteps=1000, beta_schedule=DIFFUSERS_NAME[schedule])
+    sch = DDPMScheduler(num_train_timesteps=1000, **DIFFUSERS_SCHEDULE[schedule])
     np.testing.assert_allclose(d.schedule.alphas_cumprod, sch.alphas_cumprod.numpy(), rtol=2e-5, atol=1e-7)
     x0, noise = torch.randn(8, 4, 8, 8), torch.randn(8, 4, 8, 8)
     t = torch.tensor([0, 1, 10, 100, 500, 900, 998, 999])
@@ -163,6 +168,34 @@ def test_mse_targets_and_loss_choices():
     with pytest.raises(UserError, match="out_channels"):
         d = GaussianDiffusion(betas_for("linear", 100), learn_sigma=True)
         d.training_losses(lambda x_t, tt: x_t, torch.randn(1, 4, 2, 2), torch.tensor([1]))
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_min_snr_weight_is_min_snr_gamma_times_the_x0_error(prediction):
+    """Min-SNR-gamma (Hang et al. 2023): whatever the target, the weighted L_simple of a
+    prediction that is off by delta in x0 equals min(SNR_t, gamma) * mean(delta^2)."""
+    gamma = 5.0
+    d = GaussianDiffusion(betas_for("linear", 1000), prediction=prediction, learn_sigma=False,
+                          loss="mse", snr_gamma=gamma)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(6, 4, 4, 4, generator=g), torch.randn(6, 4, 4, 4, generator=g)
+    delta = 0.1 * torch.randn(6, 4, 4, 4, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 5, 50, 200, 600, 999])  # SNR from ~1e4 down to ~4e-5: both sides of gamma
+    x0, noise = x0.double(), noise.double()
+    x_t = d.q_sample(x0, t, noise)
+    x0_hat = x0 + delta
+    eps_hat = d.eps_from_x0(x_t, t, x0_hat)
+    pred = {"eps": eps_hat, "x0": x0_hat, "v": d.v_from(x0_hat, eps_hat, t)}[prediction]
+    out = d.training_losses(lambda xt, tt: pred, x0, t, noise)
+    acp = torch.as_tensor(d.schedule.alphas_cumprod)[t]
+    snr = acp / (1 - acp)
+    expected = snr.clamp(max=gamma) * (delta**2).mean((1, 2, 3))
+    torch.testing.assert_close(out["loss"], expected, rtol=1e-4, atol=1e-9)  # the loss casts to float32
+    # the reported mse stays the plain, unweighted one
+    plain = GaussianDiffusion(betas_for("linear", 1000), prediction=prediction, learn_sigma=False, loss="mse")
+    torch.testing.assert_close(out["mse"], plain.training_losses(lambda xt, tt: pred, x0, t, noise)["loss"])
+    with pytest.raises(UserError, match="snr_gamma"):
+        GaussianDiffusion(betas_for("linear", 100), learn_sigma=False, loss="mse", snr_gamma=0)
 
 
 def test_space_timesteps_as_guided_diffusion():

@@ -32,6 +32,7 @@ def create_diffusion(
     rescale_timesteps: bool = False,
     clip_x0: bool = False,
     timestep_sampler: str = "uniform",
+    snr_gamma: float | None = None,
 ) -> GaussianDiffusion:
     """The Hydra `_target_` of conf/diffusion/*.yaml: the training process of T steps.
 
@@ -47,6 +48,7 @@ def create_diffusion(
         lambda_vlb=lambda_vlb,
         rescale_timesteps=rescale_timesteps,
         clip_x0=clip_x0,
+        snr_gamma=snr_gamma,
     )
     diffusion.timestep_sampler = create_timestep_sampler(timestep_sampler, diffusion.num_timesteps)
     return diffusion

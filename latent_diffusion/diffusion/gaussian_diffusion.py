@@ -38,6 +38,7 @@ class GaussianDiffusion:
         rescale_timesteps: bool = False,
         clip_x0: bool = False,
         fixed_variance: str = "large",
+        snr_gamma: float | None = None,
         timestep_map=None,
         original_num_steps: int | None = None,
     ):
@@ -57,6 +58,8 @@ class GaussianDiffusion:
                 "diffusion.loss=mse with diffusion.learn_sigma=true leaves the variance channels "
                 "untrained. Use diffusion.loss=hybrid, or set diffusion.learn_sigma=false."
             )
+        if snr_gamma is not None and not float(snr_gamma) > 0:
+            raise UserError(f"diffusion.snr_gamma={snr_gamma!r}: use a positive number (5 in Min-SNR) or null.")
         if fixed_variance not in ("large", "small"):
             raise UserError(f"diffusion.fixed_variance={fixed_variance!r}: use 'large' or 'small'.")
         self.schedule = s = DiffusionSchedule(betas, timestep_map)
@@ -69,6 +72,7 @@ class GaussianDiffusion:
         self.rescale_timesteps = rescale_timesteps
         self.clip_x0 = clip_x0
         self.fixed_variance = fixed_variance
+        self.snr_gamma = None if snr_gamma is None else float(snr_gamma)
         # the training loop draws t from it; create_diffusion swaps in the configured one
         self.timestep_sampler = UniformSampler(self.num_timesteps)
 
@@ -192,6 +196,24 @@ class GaussianDiffusion:
             return x0
         return self.v_from(x0, noise, t)
 
+    def mse_weight(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Min-SNR-gamma weights (Hang et al. 2023) of the L_simple term -> (B,), or 1.
+
+        Each timestep is a task; the low-noise ones (huge SNR) dominate the gradient of
+        an x0 loss and the high-noise ones that of an eps loss. Min-SNR caps the x0-space
+        weight at gamma: w_x0 = min(SNR, gamma), SNR = alpha_bar / (1 - alpha_bar). An eps
+        error e is an x0 error e / sqrt(SNR), a v error one of e sqrt(1 - alpha_bar), so
+        the weights of the targets we regress on are min(SNR, gamma) / SNR (eps),
+        min(SNR, gamma) / (SNR + 1) (v) and min(SNR, gamma) (x0).
+        """
+        if self.snr_gamma is None:
+            return torch.ones((), dtype=like.dtype, device=like.device)
+        acp = self.schedule.at("alphas_cumprod", t, t.to(torch.float64))  # (B,) float64
+        snr = acp / (1 - acp)
+        capped = snr.clamp(max=self.snr_gamma)
+        w = {"eps": capped / snr, "v": capped / (snr + 1), "x0": capped}[self.prediction]
+        return w.to(like.dtype)
+
     def vb_terms_bpd(self, frozen_out, x0, x_t, t):
         """L_{t-1} = KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) for t > 0, L_0 = -log p(x0|x1)
         for t = 0; mean over dims, in bits per dim (as guided-diffusion) -> (B,)."""
@@ -212,14 +234,15 @@ class GaussianDiffusion:
         x_t = self.q_sample(x0, t, noise)  # (B, C, H, W)
         model_out = self.call_model(model_fn, x_t, t, **(model_kwargs or {}))
         pred, var_v = self.split_output(model_out, x_t)
-        mse = mean_flat((self.target(x0, noise, t) - pred.float()) ** 2)
+        mse = mean_flat((self.target(x0, noise, t) - pred.float()) ** 2)  # (B,), reported unweighted
+        weighted = self.mse_weight(t, mse) * mse
         if self.learn_sigma:
             # Stop-gradient on the mean (Improved DDPM sec. 3.1): the VLB trains only the
             # variance channels; the mean is trained by L_simple alone.
             frozen_out = torch.cat([pred.detach(), var_v], dim=1)
             vb = self.vb_terms_bpd(frozen_out.float(), x0, x_t, t)
-            loss = mse + self.lambda_vlb * self.num_timesteps * vb
+            loss = weighted + self.lambda_vlb * self.num_timesteps * vb
         else:
             vb = torch.zeros_like(mse)
-            loss = mse
+            loss = weighted
         return dict(loss=loss, mse=mse, vb=vb)

@@ -65,6 +65,7 @@ def respaced(diffusion: GaussianDiffusion, use_timesteps) -> GaussianDiffusion:
         rescale_timesteps=diffusion.rescale_timesteps,
         clip_x0=diffusion.clip_x0,
         fixed_variance=diffusion.fixed_variance,
+        snr_gamma=diffusion.snr_gamma,
         timestep_map=diffusion.schedule.timestep_map[keep],
         original_num_steps=diffusion.original_num_steps,
     )
