@@ -8,11 +8,15 @@ latents = "cached"  -> {"mean": (B, c, h, w), "std": (B, c, h, w), "y": (B,)}:
                        the VAE posterior of each image computed once
                        (latent_cache.py); the module draws a fresh latent every
                        step, so the cache does not freeze the posterior noise.
+                       With latents_on_device (true, or auto on a GPU where the
+                       tensors fit) the training split is copied to the device
+                       once and served by index (device_batches.py).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 import lightning as L
 import torch
@@ -42,6 +46,7 @@ class SpectrogramDataModule(L.LightningDataModule):
         latents: str = "pixel",
         augment: dict | None = None,
         eval_batch_size: int | None = None,
+        latents_on_device: bool | str = "auto",
         **source_kwargs,
     ):
         super().__init__()
@@ -57,6 +62,9 @@ class SpectrogramDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.latents = latents
+        if latents_on_device not in (True, False, "auto"):
+            raise UserError(f"data.latents_on_device={latents_on_device!r}: use true, false or auto")
+        self.latents_on_device = latents_on_device
         self.augment = Augment(**(augment or {}))
         self._source: SpectrogramSource | None = None
         self._splits: dict[str, Dataset] = {}
@@ -121,7 +129,30 @@ class SpectrogramDataModule(L.LightningDataModule):
             )
 
     # -- loaders ---------------------------------------------------------------------
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def _placement(self) -> tuple[torch.device, int, int, int]:
+        """(device, rank, world size, seed) of the run fitting this module; CPU outside fit."""
+        trainer = getattr(self, "trainer", None)
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # what Lightning's DistributedSampler uses
+        if trainer is None:
+            return torch.device("cpu"), 0, 1, seed
+        return trainer.strategy.root_device, trainer.global_rank, trainer.world_size, seed
+
+    def _on_device_batches(self, ds, drop_last: bool):
+        """The training split as OnDeviceBatches when data.latents_on_device says so, else None."""
+        from latent_diffusion.data.device_batches import OnDeviceBatches, fits_on_device
+
+        if self.latents != "cached" or self.latents_on_device is False:
+            return None
+        device, rank, world, seed = self._placement()
+        tensors = {"mean": ds.mean, "std": ds.std, "y": ds.y}
+        nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        if self.latents_on_device == "auto" and not fits_on_device(nbytes, device):
+            return None
+        log.info("cached training latents on %s: %.1f MB, served by index", device, nbytes / 1e6)
+        return OnDeviceBatches(tensors, self.batch_size, shuffle=True, drop_last=drop_last,
+                               rank=rank, world_size=world, seed=seed, device=device)
+
+    def _loader(self, split: str, train: bool):
         self.setup()
         if self.latents == "cached":
             if split not in self._latent_splits:
@@ -134,18 +165,22 @@ class SpectrogramDataModule(L.LightningDataModule):
             collate = _collate_pixels
         if len(ds) == 0:
             raise UserError(f"the {split} split of data source '{self.source_name}' is empty")
+        drop_last = train and len(ds) >= self.batch_size
+        # validation and test stay on the DataLoader path: they run rarely, in eval batches
+        if train and (batches := self._on_device_batches(ds, drop_last)) is not None:
+            return batches
         return DataLoader(
             ds,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
-            drop_last=train and len(ds) >= self.batch_size,
+            drop_last=drop_last,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             collate_fn=collate,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self):
         return self._loader("train", train=True)
 
     def val_dataloader(self) -> DataLoader:
