@@ -62,3 +62,18 @@ def test_wandb_logger_is_offline_unless_wandb_mode_says_online(monkeypatch):
     assert _compose("train", ["logger=wandb"]).logger.wandb.offline is True
     monkeypatch.setenv("WANDB_MODE", "online")
     assert _compose("train", ["logger=wandb"]).logger.wandb.offline is False
+
+
+def test_quality_callback_shares_evaluate_domain_classifier():
+    """callbacks=quality logs eval/cas and eval/fid_domain with the very classifier `evaluate` caches."""
+    from hydra import compose, initialize_config_dir
+
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        train = compose(config_name="train", overrides=["callbacks=quality"], return_hydra_config=True)
+        ev = compose(config_name="evaluate", overrides=["generated=x"], return_hydra_config=True)
+    cb = train.callbacks
+    assert {"model_checkpoint", "sample_grid", "domain_metrics"} <= set(cb)
+    assert dict(cb.domain_metrics.classifier) == dict(ev.classifier)
+    raw = OmegaConf.to_container(cb.domain_metrics, resolve=False)
+    assert raw["cache_dir"] == OmegaConf.to_container(ev, resolve=False)["cache_dir"]
