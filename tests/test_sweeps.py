@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-FAST = ("model=tiny", "debug=fast")
+FAST = ("model=tiny", "debug=fast", "trainer.max_steps=2")  # one validation, one sample grid
 
 
 def _compose(*overrides, hydra_cfg=True):
@@ -45,13 +45,13 @@ def test_two_job_sweep_gives_each_job_its_own_dir_export_and_wandb_run(workdir):
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     # one folder per job, <job number>_<its overrides>, although run_name is fixed
     assert [j.name.split("_", 1)[0] for j in jobs] == ["0", "1"]
-    assert jobs[0].name.endswith("optimizer.lr=0.001") and jobs[1].name.endswith("optimizer.lr=0.003")
+    assert "optimizer.lr=0.001" in jobs[0].name and "optimizer.lr=0.003" in jobs[1].name
     lrs = []
     for job in jobs:
         export = job / "export"
         assert (export / "denoiser" / "diffusion_pytorch_model.safetensors").is_file()
         lrs.append(OmegaConf.load(export / "config.yaml").optimizer.lr)
-        assert torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+        assert torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
     assert lrs == [1e-3, 3e-3]  # each export carries its own job's config
     # each job logged to its own offline wandb run, in its own folder
     runs = [list((job / "wandb").glob("offline-run-*")) for job in jobs]
