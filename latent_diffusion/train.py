@@ -7,6 +7,7 @@ compose config -> data -> frozen VAE (trained first if its artifact is absent)
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import hydra
@@ -21,15 +22,25 @@ log = logging.getLogger(__name__)
 
 
 def resolve_ckpt_path(ckpt_path, output_dir: str | Path):
-    """`last` -> <run dir>/checkpoints/last.ckpt when it exists (resume), else a fresh start."""
+    """`last` -> the newest complete checkpoint of the run (checkpoints/last.ckpt, or the
+    hpc_ckpt_<n>.ckpt Lightning writes on SLURM's requeue signal) when one exists (resume),
+    else a fresh start. Temporary files a killed save left behind are removed, never read."""
     if ckpt_path in (None, "", "null"):
         return None
     if ckpt_path in ("last", "auto"):
-        last = Path(output_dir) / "checkpoints" / "last.ckpt"
-        if last.exists():
+        from latent_diffusion.utils.io import stale_temporaries
+
+        out = Path(output_dir)
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+            for tmp in stale_temporaries(out / "checkpoints"):
+                log.warning("removing %s: a checkpoint save that never finished (the process was killed)", tmp)
+                tmp.unlink(missing_ok=True)
+        found = [p for p in [out / "checkpoints" / "last.ckpt", *out.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+        if found:
+            last = max(found, key=lambda p: p.stat().st_mtime_ns)
             log.info("resuming from %s", last)
             return str(last)
-        log.info("ckpt_path=%s: no %s yet, starting fresh", ckpt_path, last)
+        log.info("ckpt_path=%s: no %s yet, starting fresh", ckpt_path, out / "checkpoints" / "last.ckpt")
         return None
     if not Path(ckpt_path).is_file():
         raise UserError(f"ckpt_path={ckpt_path}: no such checkpoint file; give a .ckpt path or 'last'")
@@ -38,7 +49,9 @@ def resolve_ckpt_path(ckpt_path, output_dir: str | Path):
 
 def build(cfg: DictConfig):
     """Everything `fit` needs, from the composed config: (datamodule, module, trainer)."""
+    from latent_diffusion.lit.checkpoint_io import AtomicCheckpointIO, ResumeState
     from latent_diffusion.lit.module import LatentDiffusion
+    from latent_diffusion.lit.safe_load import run_signature
     from latent_diffusion.vae.resolve import frozen_vae_for
 
     torch.set_float32_matmul_precision(cfg.torch.matmul_precision)
@@ -58,6 +71,10 @@ def build(cfg: DictConfig):
         if dm.latents == "cached":
             dm.use_latent_cache(vae, Path(cfg.paths.cache_dir) / "latents")
 
+    # Seed again: whether the VAE was trained, its stats measured or the latent cache built
+    # in this process (first run) or read from disk (later runs) must not change the
+    # denoiser's initial weights or the training draws (same seed -> same run).
+    L.seed_everything(cfg.seed, workers=True)
     diffusion = instantiate(cfg.diffusion)
     extra = {"channels_last": True} if cfg.torch.channels_last else {}
     denoiser = instantiate(
@@ -83,9 +100,15 @@ def build(cfg: DictConfig):
         warmup_steps=cfg.warmup_steps,
         max_bad_steps=cfg.max_bad_steps,
     )
+    # Reliability wiring (docs/reliability.md): atomic + weights_only checkpoints that carry
+    # the run signature, RNG continuity and save-on-signal; SLURM's hpc_ckpt in the run dir.
+    signature = run_signature(cfg, dm.class_names, latent_shape, vae)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks.append(ResumeState(signature))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    extra = {} if cfg.trainer.get("default_root_dir") else {"default_root_dir": cfg.paths.output_dir}
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                          plugins=[AtomicCheckpointIO(signature)], **extra)
     return dm, module, trainer
 
 
@@ -95,7 +118,20 @@ def train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     dm, module, trainer = build(cfg)
-    trainer.fit(module, datamodule=dm, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, out_dir))
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, out_dir),
+                    weights_only=True)
+    except SIGTERMException:
+        # pre-empted (SIGTERM / SIGUSR1): last.ckpt holds this step; no export of a half run
+        signum = next((c.stopped_by for c in trainer.callbacks if hasattr(c, "stopped_by")), None)
+        log.warning("stopped by signal %s at step %d; checkpoints/last.ckpt saved. Resume with the same "
+                    "run_name and ckpt_path=last", signum, trainer.global_step)
+        raise SystemExit(128 + int(signum or 15)) from None
+    except FloatingPointError as err:  # too many non-finite losses in a row (lit/module.py)
+        raise UserError(f"{err} Skipped steps are logged as train/skipped_steps; the limit is "
+                        f"max_bad_steps={cfg.max_bad_steps}") from None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if trainer.is_global_zero:
         export_run(module, cfg, cfg.export_dir)

@@ -96,16 +96,21 @@ def load_export(run, device="cpu", load_vae: bool = True) -> Export:
     """Rebuild the EMA denoiser, the diffusion and the VAE of an export (safetensors only)."""
     from hydra.utils import instantiate
 
+    from latent_diffusion.lit.safe_load import check_export_meta
     from latent_diffusion.models import build_denoiser
 
     path = find_export(run)
     meta = json.loads((path / "export.json").read_text())
+    check_export_meta(meta, path)  # latent shape / classes vs the denoiser (lit/safe_load.py)
     model_cfg = {k: v for k, v in meta["model"].items() if k != "_target_"}
     denoiser = build_denoiser(**model_cfg)
     weights = path / "denoiser" / "diffusion_pytorch_model.safetensors"
     if not weights.is_file():
         raise UserError(f"{weights} is missing: the export at {path} is incomplete; re-export the run")
-    missing, unexpected = diffusers_model(denoiser).load_state_dict(load_file(weights), strict=False)
+    try:
+        missing, unexpected = diffusers_model(denoiser).load_state_dict(load_file(weights), strict=False)
+    except RuntimeError as err:  # size mismatches are raised even with strict=False
+        missing, unexpected = [(str(err).strip().splitlines() or [''])[-1].strip()[:200]], []
     if missing or unexpected:
         raise UserError(
             f"{weights} does not match the model config in {path / 'export.json'} "
@@ -119,4 +124,5 @@ def load_export(run, device="cpu", load_vae: bool = True) -> Export:
         from latent_diffusion.vae.resolve import vae_from_reference
 
         vae = vae_from_reference(meta["vae"], device=device)
+        check_export_meta(meta, path, vae)
     return Export(path, meta, denoiser, diffusion, vae)

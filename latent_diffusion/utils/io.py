@@ -8,6 +8,7 @@ process never leaves a half-written file that a later run takes for a whole one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -17,23 +18,69 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+TMP_SUFFIX = ".tmp"
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` through a temporary file in the same folder + rename."""
+
+# Errors that mean "the disk (or quota, or file-size limit) is full": a user can fix them
+# by freeing space or writing elsewhere, so they become a UserError naming the path.
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """True for ENOSPC / EDQUOT / EFBIG, also when a library (safetensors' Rust writer,
+    PIL) reports it as a non-OSError carrying the OS message."""
+    if isinstance(err, OSError) and err.errno in _FULL:
+        return True
+    text = str(err)
+    return any(s in text for s in ("No space left", "os error 28", "Disk quota", "File too large", "os error 27"))
+
+
+def disk_full_error(path, err: BaseException):
+    from latent_diffusion.utils.errors import UserError
+
+    return UserError(
+        f"no space left writing {path} ({str(err).splitlines()[0][:120]}); nothing was replaced "
+        f"(the previous file or folder, if any, is intact). Free disk space or point the output "
+        f"(paths.output_dir / export_dir / out_dir / paths.cache_dir) at another disk, then rerun"
+    )
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike) -> Iterator[Any]:
+    """A binary file object on a temporary name beside `path`; on success it is flushed,
+    fsynced and renamed over `path` (os.replace is atomic within one file system). On any
+    error, or if the process dies, `path` keeps its old content; the temporary file
+    (.<name>.<random>.tmp) is removed, or left behind by a killed process to be ignored."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if is_disk_full(err):
+            raise disk_full_error(path, err) from err
         raise
-    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` through a temporary file in the same folder + rename."""
+    with atomic_writer(path) as f:
+        f.write(data)
+    return Path(path)
+
+
+def stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Temporary files a killed writer left in `folder` (never read as data: see atomic_writer)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob(f".*{TMP_SUFFIX}") if p.is_file())
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -54,11 +101,13 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
         from latent_diffusion.utils.errors import UserError
 
         raise UserError(f"{path} already exists; choose another output folder or remove it first")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent))
     try:
         yield tmp
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(err):
+            raise disk_full_error(path, err) from err
         raise
     old = None
     if path.exists():

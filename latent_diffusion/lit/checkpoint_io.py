@@ -1,0 +1,182 @@
+"""Checkpoints that survive SIGKILL, pre-emption and other people's files.
+
+AtomicCheckpointIO  Lightning's checkpoint plugin, with two changes:
+  - save: torch.save into a temporary file in the checkpoint's own folder,
+    fsync, os.replace. Lightning's default goes through an fsspec transaction
+    whose temporary file lives in /tmp and is *moved* (a copy across file
+    systems), so a kill during that copy can leave a truncated last.ckpt.
+  - load: weights_only=True and the run-signature check (safe_load.py), for
+    resume (trainer.fit(ckpt_path=...)) and every other load through the Trainer.
+
+ResumeState  a callback that makes a resumed run continue the same random
+  streams and stop cleanly on a signal:
+  - the RNG states (torch, CUDA, numpy, python) go into each checkpoint and are
+    restored on resume, and validation runs under a saved/restored RNG state, so
+    the training draws (timesteps, noise, label drop, VAE posterior samples,
+    shuffling) do not depend on whether a validation ran in between;
+  - SIGTERM (Lightning sets trainer.received_sigterm, also broadcast under DDP)
+    and SIGUSR1 outside SLURM (SLURM's requeue signal is Lightning's own
+    handler: it saves hpc_ckpt_<n>.ckpt in the run folder and requeues) save
+    checkpoints/last.ckpt at the end of the current step; the run then stops
+    and train.py exits with 128 + the signal number.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from latent_diffusion.lit.safe_load import SIGNATURE_KEY, check_signature, load_checkpoint
+from latent_diffusion.utils.io import atomic_writer
+
+log = logging.getLogger(__name__)
+RNG_KEY = "rng_states"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Temporary file + fsync + rename on save; weights_only + signature check on load."""
+
+    def __init__(self, expected_signature: dict | None = None):
+        super().__init__()
+        self.expected_signature = expected_signature
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options}")
+        with atomic_writer(path) as f:
+            torch.save(checkpoint, f)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        # weights_only is always True here, whatever the caller asked for (module doc).
+        ckpt = load_checkpoint(path, map_location=map_location or "cpu")
+        check_signature(ckpt, self.expected_signature, path)
+        return ckpt
+
+
+# ------------------------------------------------------------------ RNG states
+def collect_rng_states() -> dict:
+    """Every global RNG a training step draws from, as weights_only-loadable values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# ------------------------------------------------------------------ the callback
+class ResumeState(Callback):
+    """RNG continuity across resume, validation that leaves the RNG alone, save-on-signal."""
+
+    def __init__(self, signature: dict | None = None):
+        self.signature = signature
+        self.stopped_by: int | None = None  # the signal that stopped the run, if one did
+        self._requested: int | None = None
+        self._saved_step = -1
+        self._train_rng: dict | None = None
+        self._pending_rng: dict | None = None
+        self._old_usr1 = None
+
+    # -- checkpoint contents ----------------------------------------------------------
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self._saved_step = trainer.global_step
+        checkpoint[RNG_KEY] = collect_rng_states()
+        if self.signature is not None:
+            checkpoint[SIGNATURE_KEY] = self.signature
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        # Applied at the next epoch start, not now: a resumed run builds its training
+        # iterator once more than an uninterrupted one (FitLoop.setup_data, then the epoch
+        # start), and each build draws a seed from the global RNG. Restoring at the epoch
+        # start makes the draws after it, the shuffle seed included, the uninterrupted ones.
+        self._pending_rng = checkpoint.get(RNG_KEY)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self._pending_rng is not None:
+            set_rng_states(self._pending_rng)
+            self._pending_rng = None
+
+    # -- validation does not move the training RNG --------------------------------------
+    # The state at the end of each training batch is the training stream's; validation
+    # (its loader's seed draw happens before on_validation_start) gets it back afterwards.
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._train_rng is not None:
+            set_rng_states(self._train_rng)
+
+    # -- signals --------------------------------------------------------------------------
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Lightning registered its handlers by now; SIGUSR1 has one under SLURM auto-requeue.
+        usr1 = getattr(signal, "SIGUSR1", None)
+        if usr1 is None or threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(usr1) in (signal.SIG_DFL, None):
+            self._old_usr1 = signal.signal(usr1, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        log.info("received signal %d: saving last.ckpt after this step, then stopping", signum)
+        self._requested = signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._train_rng = collect_rng_states()
+        if trainer.received_sigterm or self._requested:
+            self.stopped_by = self._requested or signal.SIGTERM
+            self.save_last(trainer)
+            if self._requested:  # SIGTERM: Lightning raises SIGTERMException after this hook
+                raise SIGTERMException()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            self.stopped_by = self.stopped_by or self._requested or signal.SIGTERM
+            self.save_last(trainer)  # e.g. a SIGTERM during validation
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # max_steps off the checkpoint interval: last.ckpt still ends where training did,
+        # so raising max_steps and ckpt_path=last continues from the true end.
+        if trainer.global_step > 0:
+            self.save_last(trainer)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        usr1 = getattr(signal, "SIGUSR1", None)
+        if self._old_usr1 is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(usr1, self._old_usr1)
+            self._old_usr1 = None
+
+    def save_last(self, trainer) -> Path | None:
+        """checkpoints/last.ckpt of the current step, unless one of this step was saved."""
+        ckpt_cb = trainer.checkpoint_callback
+        if ckpt_cb is None or ckpt_cb.dirpath is None:
+            log.warning("stopping without a checkpoint: the run has no ModelCheckpoint")
+            return None
+        if self._saved_step == trainer.global_step:
+            return None  # a checkpoint of this step exists already (ModelCheckpoint's or ours)
+        path = Path(ckpt_cb.dirpath) / f"{ckpt_cb.CHECKPOINT_NAME_LAST}{ckpt_cb.FILE_EXTENSION}"
+        trainer.save_checkpoint(path)
+        log.info("step %d saved to %s", trainer.global_step, path)
+        return path
+
+
+__all__ = ["AtomicCheckpointIO", "ResumeState", "collect_rng_states", "set_rng_states"]

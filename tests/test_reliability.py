@@ -1,0 +1,304 @@
+"""Reliability: kill-and-resume, pre-emption signals, safe loading, shared caches.
+
+The end-to-end tests run `python -m latent_diffusion.train` as a user would and
+kill it for real (SIGKILL, SIGTERM). Their runs use 32-image batches on the 64
+images of `debug=fast`, so an epoch is 2 steps and every checkpoint (every 2
+steps) falls on an epoch boundary: the case in which a resumed run is bit-exact
+(docs/reliability.md says why a mid-epoch resume is not).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from cli import run_cli
+
+from latent_diffusion.lit.checkpoint_io import (
+    AtomicCheckpointIO,
+    collect_rng_states,
+    set_rng_states,
+)
+from latent_diffusion.lit.safe_load import check_signature, load_checkpoint
+from latent_diffusion.utils.errors import UserError
+
+FAST = ("model=tiny", "debug=fast", "logger=csv", "data.batch_size=32", "~callbacks.sample_grid",
+        "trainer.max_steps=8")
+ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1",
+       "MKL_NUM_THREADS": "1"}
+
+
+def _start_train(workdir: Path, *overrides: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "latent_diffusion.train", *FAST, *overrides],
+                            cwd=workdir, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
+    t0 = time.time()
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended (rc {proc.returncode}) before {path} appeared:\n"
+                                 f"{proc.stdout.read()[-4000:]}")
+        assert time.time() - t0 < timeout, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def _ckpt(run: Path) -> dict:
+    return load_checkpoint(run / "checkpoints" / "last.ckpt")
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    sa, sb = a["state_dict"], b["state_dict"]
+    assert sa.keys() == sb.keys()
+    differ = [k for k in sa if not torch.equal(sa[k], sb[k])]
+    assert not differ, f"{len(differ)} of {len(sa)} tensors differ, e.g. {differ[:3]}"
+    assert any(k.startswith("ema.") for k in sa)  # the EMA shadow is compared too
+    for sa_, sb_ in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values(),
+                        strict=True):
+        assert torch.equal(sa_["exp_avg"], sb_["exp_avg"]) and torch.equal(sa_["exp_avg_sq"], sb_["exp_avg_sq"])
+
+
+@pytest.fixture(scope="module")
+def runs(workdir):
+    """Two runs of the same 8 steps, side by side: 'whole' uninterrupted (the reference),
+    'killed' SIGKILLed as soon as its first last.ckpt exists (no handler, no cleanup: as a
+    node failure). On a fresh machine both wait on the VAE's file lock; one trains it."""
+    whole = _start_train(workdir, "run_name=whole")
+    killed = _start_train(workdir, "run_name=killed")
+    _wait_for(workdir / "outputs" / "train" / "killed" / "checkpoints" / "last.ckpt", killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    out, _ = whole.communicate(timeout=900)
+    assert whole.returncode == 0, out[-4000:]
+    return {"whole": workdir / "outputs" / "train" / "whole", "killed": workdir / "outputs" / "train" / "killed",
+            "killed_rc": killed.returncode}
+
+
+@pytest.fixture(scope="module")
+def whole_run(runs):
+    return runs["whole"]
+
+
+# ------------------------------------------------------------------ SIGKILL
+@pytest.mark.slow
+def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(runs, workdir):
+    run = runs["killed"]
+    assert runs["killed_rc"] == -signal.SIGKILL
+    step = _ckpt(run)["global_step"]
+    assert step in (2, 4, 6), step  # killed mid-run, last.ckpt whole
+    assert not (run / "export").exists()  # no half run exported
+    # A save the kill cut short (simulated: a truncated copy under the writer's temporary
+    # name, what AtomicCheckpointIO leaves if killed mid-write) is never read, then removed.
+    stale = run / "checkpoints" / ".last.ckpt.killed.tmp"
+    stale.write_bytes((run / "checkpoints" / "last.ckpt").read_bytes()[:1000])
+    proc = run_cli("train", *FAST, "run_name=killed", "ckpt_path=last", cwd=workdir, env=ENV)
+    log = proc.stdout + proc.stderr
+    assert f"resuming from {run / 'checkpoints' / 'last.ckpt'}" in log
+    assert "a checkpoint save that never finished" in log and not stale.exists()
+    resumed, whole = _ckpt(run), _ckpt(runs["whole"])
+    assert resumed["global_step"] == whole["global_step"] == 8
+    _assert_same_weights(resumed, whole)  # bit-exact: model, EMA, Adam moments
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_whole(tmp_path):
+    """Real SIGKILL while AtomicCheckpointIO writes (a child saving 40 MB checkpoints in a loop,
+    killed once its temporary file exists): the target is always a complete checkpoint."""
+    target = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.full((10,), -1.0)}, "global_step": -1}, target)
+    script = textwrap.dedent(f"""
+        import torch
+        from latent_diffusion.lit.checkpoint_io import AtomicCheckpointIO
+        io = AtomicCheckpointIO()
+        for i in range(10_000):
+            io.save_checkpoint({{"state_dict": {{"w": torch.full((10_000_000,), float(i))}},
+                                "global_step": i}}, {str(target)!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], env=ENV)
+    t0 = time.time()
+    while not list(tmp_path.glob(".last.ckpt.*.tmp")):
+        assert proc.poll() is None and time.time() - t0 < 120, "the writer never started a save"
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    left = list(tmp_path.glob(".last.ckpt.*.tmp"))
+    ck = load_checkpoint(target)  # whole, whichever save it is
+    w = ck["state_dict"]["w"]
+    assert torch.all(w == w[0]) and float(w[0]) == ck["global_step"]
+    assert len(left) == 1  # the kill landed mid-write: the cut-short save stays under its temp name
+
+
+# ------------------------------------------------------------------ SIGTERM / SIGUSR1
+@pytest.mark.slow
+def test_sigterm_saves_last_ckpt_exits_143_and_resumes(whole_run, workdir):
+    run = workdir / "outputs" / "train" / "preempted"
+    proc = _start_train(workdir, "run_name=preempted", "trainer.max_steps=400")
+    _wait_for(run / "checkpoints" / "last.ckpt", proc)
+    proc.send_signal(signal.SIGTERM)  # what SLURM / Kubernetes send before killing
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert "stopped by signal 15" in out and "ckpt_path=last" in out
+    step = _ckpt(run)["global_step"]
+    assert 2 <= step < 400
+    assert not (run / "export").exists()
+    run_cli("train", *FAST, "run_name=preempted", f"trainer.max_steps={step + 2}", "ckpt_path=last",
+            cwd=workdir, env=ENV)
+    after = _ckpt(run)
+    assert after["global_step"] == step + 2
+    assert {float(s["step"]) for s in after["optimizer_states"][0]["state"].values()} == {step + 2.0}
+    assert (run / "export" / "export.json").is_file()
+
+
+# ------------------------------------------------------------------ refusing checkpoints
+class _Payload:
+    """Unpickling this runs code: it writes the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def _malicious_ckpt(path: Path, marker: Path) -> Path:
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "global_step": 1, "x": _Payload(marker)}, path)
+    return path
+
+
+def test_malicious_pickle_is_refused_without_running(tmp_path):
+    marker = tmp_path / "marker"
+    evil = _malicious_ckpt(tmp_path / "evil.ckpt", marker)
+    with pytest.raises(UserError, match=r"refusing to load .*evil\.ckpt.*arbitrary unpickling"):
+        load_checkpoint(evil)
+    with pytest.raises(UserError, match="refusing"):
+        # what Trainer.fit(ckpt_path=...) calls through train.py's plugin, before anything else
+        AtomicCheckpointIO().load_checkpoint(evil)
+    assert not marker.exists()
+    # the control: the payload is live, an unsafe load would have run it
+    torch.load(evil, weights_only=False)
+    assert marker.read_text() == "ran"
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_checkpoint_of_another_model_config(whole_run, workdir):
+    ckpt = whole_run / "checkpoints" / "last.ckpt"
+    before = ckpt.read_bytes()
+    proc = run_cli("train", *FAST, "run_name=whole", "ckpt_path=last", "model.base_channels=64",
+                   "diffusion.timesteps=500", cwd=workdir, env=ENV, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    msg = proc.stderr
+    assert f"checkpoint {ckpt} was trained with a different config" in msg
+    assert "model.base_channels: 32 (checkpoint) vs 64 (this run)" in msg
+    assert "diffusion.timesteps: 1000 (checkpoint) vs 500 (this run)" in msg
+    assert ckpt.read_bytes() == before  # nothing the user owns was touched
+
+
+def test_signature_check_spells_out_class_list_and_latent_shape(tmp_path):
+    saved = {"class_names": ["walk", "run"], "latent_shape": [4, 16, 16], "model": {"base_channels": 32},
+             "diffusion": {"timesteps": 1000}, "vae_weights_hash": "aaaa"}
+    now = {**saved, "class_names": ["walk", "fall"], "latent_shape": [4, 32, 32], "vae_weights_hash": "bbbb"}
+    with pytest.raises(UserError) as err:
+        check_signature({"run_signature": saved, "state_dict": {}}, now, tmp_path / "x.ckpt")
+    msg = str(err.value)
+    assert "class_names: ['walk', 'run'] (checkpoint) vs ['walk', 'fall'] (this run)" in msg
+    assert "latent_shape: [4, 16, 16] (checkpoint) vs [4, 32, 32] (this run)" in msg
+    assert "vae_weights_hash: 'aaaa' (checkpoint) vs 'bbbb' (this run)" in msg
+    check_signature({"run_signature": saved, "state_dict": {}}, dict(saved), tmp_path / "x.ckpt")  # same: fine
+    # a checkpoint from before signatures: its hparams still tell class list and latent shape
+    old = {"state_dict": {}, "hyper_parameters": {"class_names": ["walk"], "latent_shape": [4, 16, 16]}}
+    with pytest.raises(UserError, match=r"class_names: \['walk'\] \(checkpoint\)"):
+        check_signature(old, saved, tmp_path / "old.ckpt")
+
+
+def test_truncated_and_missing_checkpoints_name_the_file(tmp_path):
+    good = tmp_path / "good.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(1000)}}, good)
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(UserError, match=rf"{cut} is not a readable checkpoint \(truncated or corrupt"):
+        load_checkpoint(cut)
+    with pytest.raises(UserError, match=rf"checkpoint {tmp_path / 'nope.ckpt'} does not exist"):
+        load_checkpoint(tmp_path / "nope.ckpt")
+    assert not list(tmp_path.glob("*.tmp"))  # the writer left no temporary behind
+
+
+def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {}, "rng_states": collect_rng_states()}, tmp_path / "r.ckpt")
+    expect = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_states(load_checkpoint(tmp_path / "r.ckpt")["rng_states"])
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expect[0], got[0]) and np.array_equal(expect[1], got[1]) and expect[2] == got[2]
+
+
+# ------------------------------------------------------------------ non-finite losses
+@pytest.mark.slow
+def test_cli_non_finite_losses_skip_then_stop_keeping_a_finite_checkpoint(whole_run, workdir):
+    """A learning rate of 1e30 blows the weights up after one step; every later loss is NaN."""
+    run = workdir / "outputs" / "train" / "nan"
+    proc = run_cli("train", *FAST, "run_name=nan", "optimizer.lr=1e30", "warmup_steps=1", "max_bad_steps=3",
+                   "trainer.gradient_clip_val=null", "trainer.val_check_interval=1", cwd=workdir, env=ENV,
+                   check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "error: 4 non-finite losses in a row" in proc.stderr and "max_bad_steps=3" in proc.stderr
+    rows = (run / "csv" / "metrics.csv").read_text().splitlines()
+    col = rows[0].split(",").index("train/skipped_steps")
+    skipped = [float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]]
+    assert skipped and max(skipped) >= 3  # counted and logged
+    ck = _ckpt(run)
+    # the last step that finished with a finite loss; its count of skipped steps travels with it
+    assert ck["global_step"] >= 1 and 0 <= ck["skipped_steps"] <= max(skipped)
+    assert all(torch.isfinite(v).all() for v in ck["state_dict"].values() if v.is_floating_point())
+    assert not (run / "export").exists()
+
+
+# ------------------------------------------------------------------ shared caches
+_CACHE_SCRIPT = """
+import logging, sys, torch
+logging.basicConfig(level=logging.INFO)
+torch.set_num_threads(1)
+from diffusers import AutoencoderKL
+from torch.utils.data import TensorDataset
+from latent_diffusion.data.latent_cache import build_latent_cache
+from latent_diffusion.vae.interface import FrozenVAE
+from latent_diffusion.vae.stats import fallback_stats
+torch.manual_seed(0)
+model = AutoencoderKL(in_channels=1, out_channels=1, block_out_channels=(8, 8), latent_channels=4,
+                      norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 2,
+                      up_block_types=("UpDecoderBlock2D",) * 2)
+vae = FrozenVAE(model, fallback_stats(1.0, 0.0, 4, "tinyvae"), 1, "tinyvae")
+g = torch.Generator().manual_seed(1)
+ds = TensorDataset(torch.rand(96, 1, 32, 32, generator=g) * 2 - 1, torch.arange(96) % 3)
+out = build_latent_cache(vae, ds, {"data": "test"}, "train", sys.argv[1])
+torch.save({"mean": out.mean, "std": out.std}, sys.argv[2])
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_sharing_a_latent_cache_build_it_once(tmp_path):
+    cache = tmp_path / "cache"
+    procs = [subprocess.Popen([sys.executable, "-c", _CACHE_SCRIPT, str(cache), str(tmp_path / f"out{i}.pt")],
+                              env={**ENV, "PYTHONUNBUFFERED": "1"}, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    logs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    assert sum("encoding the train split" in log for log in logs) == 1, logs  # built once
+    files = list(cache.glob("train-*.safetensors"))
+    assert len(files) == 1 and not list(cache.glob("*.tmp"))
+    a, b = (torch.load(tmp_path / f"out{i}.pt", weights_only=True) for i in range(2))
+    assert torch.equal(a["mean"], b["mean"]) and torch.equal(a["std"], b["std"])
+    assert a["mean"].shape == (96, 4, 16, 16)
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(files[0])["y"], torch.arange(96) % 3)  # a valid, whole cache
