@@ -62,8 +62,11 @@ def test_two_job_sweep_gives_each_job_its_own_dir_export_and_wandb_run(workdir):
 def test_optuna_study_minimises_the_returned_validation_loss(workdir):
     """Two trials through the real CLI: the best value Optuna reports is the lower of the
     two jobs' final val/loss (what train.py's main returns)."""
+    import optuna
+
+    db = f"sqlite:///{workdir / 'optuna.db'}"
     run_cli("train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *FAST,
-            "logger=csv", "run_name=opt", cwd=workdir)
+            "logger=csv", "run_name=opt", f"hydra.sweeper.storage={db}", cwd=workdir)
     sweep = workdir / "outputs" / "train" / "multirun" / "opt"
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert len(jobs) == 2
@@ -76,6 +79,9 @@ def test_optuna_study_minimises_the_returned_validation_loss(workdir):
     cfg = OmegaConf.load(best / ".hydra" / "config.yaml")
     assert cfg.optimizer.lr == pytest.approx(result["best_params"]["optimizer.lr"])
     assert cfg.model.base_channels == result["best_params"]["model.base_channels"]
+    # the study outlives the sweep in its storage (to be continued by the next sweep)
+    study = optuna.load_study(study_name="train_opt", storage=db)
+    assert sorted(t.value for t in study.trials) == pytest.approx(sorted(losses), rel=1e-6)
 
 
 # ------------------------------------------------------------------ SLURM (submitit), no cluster
