@@ -57,7 +57,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         # weights_only is always True here, whatever the caller asked for (module doc).
-        ckpt = load_checkpoint(path, map_location=map_location or "cpu")
+        # lightning=False: the spawn launcher passes rank 0's bare state_dict through this too
+        ckpt = load_checkpoint(path, map_location=map_location or "cpu", lightning=False)
         check_signature(ckpt, self.expected_signature, path)
         return ckpt
 

@@ -33,8 +33,9 @@ _DIFFUSION_FIXED = ("schedule", "timesteps", "prediction", "learn_sigma", "resca
 _FRESH = "start a fresh run (another run_name, or ckpt_path=null)"
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """torch.load(weights_only=True) with a UserError naming the file for every way it can fail."""
+def load_checkpoint(path, map_location="cpu", lightning: bool = True) -> dict:
+    """torch.load(weights_only=True) with a UserError naming the file for every way it can fail.
+    lightning=False accepts any dict (Lightning's spawn launcher hands weights back that way)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; give a .ckpt file or ckpt_path=last")
@@ -55,7 +56,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
             f"{path} is not a readable checkpoint (truncated or corrupt: {str(err).splitlines()[0][:200]}); "
             f"resume from another .ckpt in {path.parent}, or {_FRESH}"
         ) from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+    if lightning and (not isinstance(ckpt, dict) or "state_dict" not in ckpt):
         raise UserError(f"{path} is not a Lightning checkpoint (no state_dict); give a .ckpt of latent_diffusion.train")
     return ckpt
 
