@@ -281,7 +281,7 @@ vae = FrozenVAE(model, fallback_stats(1.0, 0.0, 4, "tinyvae"), 1, "tinyvae")
 g = torch.Generator().manual_seed(1)
 ds = TensorDataset(torch.rand(96, 1, 32, 32, generator=g) * 2 - 1, torch.arange(96) % 3)
 out = build_latent_cache(vae, ds, {"data": "test"}, "train", sys.argv[1])
-torch.save({"mean": out.mean, "std": out.std}, sys.argv[2])
+torch.save({"mean": out.mean.clone(), "std": out.std.clone()}, sys.argv[2])
 """
 
 

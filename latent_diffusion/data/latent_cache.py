@@ -46,10 +46,11 @@ def encode_dataset(vae, dataset: Dataset, device=None, batch_size: int = 64):
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for x, y in loader:
         mean, std = vae.posterior(x.to(device or vae.device))  # (B, c, h, w) raw
-        means.append(mean.float().cpu())
-        stds.append(std.float().cpu())
+        # contiguous: a conv backend may hand back channels-last strides, which safetensors refuses
+        means.append(mean.float().cpu().contiguous())
+        stds.append(std.float().cpu().contiguous())
         ys.append(torch.as_tensor(y))
-    return torch.cat(means), torch.cat(stds), torch.cat(ys).long()
+    return torch.cat(means).contiguous(), torch.cat(stds).contiguous(), torch.cat(ys).long()
 
 
 def build_latent_cache(vae, dataset: Dataset, data_fingerprint: dict, split: str, cache_dir,
