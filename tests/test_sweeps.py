@@ -56,6 +56,10 @@ def test_two_job_sweep_gives_each_job_its_own_dir_export_and_wandb_run(workdir):
     # each job logged to its own offline wandb run, in its own folder
     runs = [list((job / "wandb").glob("offline-run-*")) for job in jobs]
     assert [len(r) for r in runs] == [1, 1] and runs[0][0].name != runs[1][0].name
+    # ... under its own display name: train/<run_name>/<job folder> (the .wandb record holds it)
+    for job, (run,) in zip(jobs, runs, strict=True):
+        record = b"".join(f.read_bytes() for f in run.glob("*.wandb"))
+        assert f"train/lr_sweep/{job.name}".encode() in record
 
 
 @pytest.mark.slow
