@@ -183,10 +183,17 @@ def test_guidance_1_is_the_conditional_model_and_0_the_unconditional(sample_src,
     exp = load_export(sample_src)
     run = exp.class_names.index("run")
 
-    def by_hand(labels):  # the sampler on the plain model, no guidance code involved
+    def by_hand(labels, variance_labels=None):  # the sampler on the plain model, no guidance code
         gens = generators_from_seeds([image_seed(3, run, k) for k in range(2)])
-        z = sample("ddpm", exp.diffusion, lambda x, t: exp.denoiser(x, t, labels), (2, *exp.latent_shape),
-                   steps=5, generators=gens)
+
+        def model(x, t):
+            out = exp.denoiser(x, t, labels)
+            if variance_labels is None:
+                return out
+            C = x.shape[1]  # prediction channels from `labels`, learned variance from `variance_labels`
+            return torch.cat([out[:, :C], exp.denoiser(x, t, variance_labels)[:, C:]], dim=1)
+
+        z = sample("ddpm", exp.diffusion, model, (2, *exp.latent_shape), steps=5, generators=gens)
         return to_uint8(exp.vae.decode(z))
 
     y = torch.tensor([run, run])
@@ -202,8 +209,9 @@ def test_guidance_1_is_the_conditional_model_and_0_the_unconditional(sample_src,
     g0 = generate(exp, items, "ddpm", 5, 0.0, seed=3, batch_size=2)
     g1 = generate(exp, items, "ddpm", 5, 1.0, seed=3, batch_size=2)
     np.testing.assert_array_equal(g1, by_hand(y))
-    # w = 0: pred = pred_uncond, the null class's model (up to the batched forward's rounding)
-    _same_up_to_rounding(g0, by_hand(torch.full_like(y, exp.denoiser.null_class)))
+    # w = 0: pred = pred_uncond, the null class's prediction, with the learned variance of the
+    # conditional branch (as guided-diffusion/DiT), up to the batched forward's rounding
+    _same_up_to_rounding(g0, by_hand(torch.full_like(y, exp.denoiser.null_class), variance_labels=y))
     assert np.abs(g0.astype(int) - g1).mean() > 2  # ... and the label does matter
 
 
