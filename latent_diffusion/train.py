@@ -26,7 +26,12 @@ def resolve_ckpt_path(ckpt_path, output_dir: str | Path):
     hpc_ckpt_<n>.ckpt Lightning writes on SLURM's requeue signal) when one exists (resume),
     else a fresh start. Temporary files a killed save left behind are removed, never read."""
     if ckpt_path in (None, "", "null"):
-        return None
+        if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) < 1:
+            return None
+        # a requeued SLURM job (pre-empted or timed out) is the same run: resume it
+        log.info("SLURM_RESTART_COUNT=%s: a requeued job, resuming as with ckpt_path=last",
+                 os.environ["SLURM_RESTART_COUNT"])
+        ckpt_path = "last"
     if ckpt_path in ("last", "auto"):
         from latent_diffusion.utils.io import stale_temporaries
 

@@ -302,3 +302,61 @@ def test_two_processes_sharing_a_latent_cache_build_it_once(tmp_path):
     from safetensors.torch import load_file
 
     assert torch.equal(load_file(files[0])["y"], torch.arange(96) % 3)  # a valid, whole cache
+
+
+# ------------------------------------------------------------------ SLURM / submitit requeue
+def test_sigusr2_saves_last_ckpt_then_hands_over_to_submitits_handler(tmp_path):
+    """submitit warns with SIGUSR2 before the time limit and requeues in its own handler
+    (which exits). ResumeState must save last.ckpt of the current step FIRST, then call it."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from latent_diffusion.lit.checkpoint_io import AtomicCheckpointIO, ResumeState
+
+    ckpt_dir = tmp_path / "checkpoints"
+    seen = []
+
+    def submitit_handler(signum, frame):  # stands in for submitit's requeue-and-exit
+        seen.append((signum, (ckpt_dir / "last.ckpt").is_file()))
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, i):
+            if self.global_step == 3:
+                os.kill(os.getpid(), signal.SIGUSR2)
+            return self.lin(batch[0]).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def train_dataloader(self):
+            ds = torch.utils.data.TensorDataset(torch.randn(64, 2))
+            return torch.utils.data.DataLoader(ds, batch_size=4)
+
+    old = signal.signal(signal.SIGUSR2, submitit_handler)
+    try:
+        trainer = L.Trainer(max_steps=50, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=100),
+                                       ResumeState()], plugins=[AtomicCheckpointIO()])
+        with pytest.raises(SIGTERMException):
+            trainer.fit(Tiny())
+        assert signal.getsignal(signal.SIGUSR2) is submitit_handler  # restored at teardown
+    finally:
+        signal.signal(signal.SIGUSR2, old)
+    assert seen == [(signal.SIGUSR2, True)]  # called once, after last.ckpt was written
+    assert torch.load(ckpt_dir / "last.ckpt", weights_only=True)["global_step"] == 4
+
+
+def test_a_requeued_slurm_job_resumes_without_ckpt_path(tmp_path, monkeypatch):
+    from latent_diffusion.train import resolve_ckpt_path
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    assert resolve_ckpt_path(None, tmp_path) is None  # a first start stays fresh
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert resolve_ckpt_path(None, tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")

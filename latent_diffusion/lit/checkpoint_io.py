@@ -18,7 +18,10 @@ ResumeState  a callback that makes a resumed run continue the same random
     and SIGUSR1 outside SLURM (SLURM's requeue signal is Lightning's own
     handler: it saves hpc_ckpt_<n>.ckpt in the run folder and requeues) save
     checkpoints/last.ckpt at the end of the current step; the run then stops
-    and train.py exits with 128 + the signal number.
+    and train.py exits with 128 + the signal number;
+  - SIGUSR2 (submitit's warning before a SLURM time limit, hydra/launcher=slurm) does
+    the same, then calls submitit's handler, which requeues the job; the requeued
+    job resumes by itself (train.py: SLURM_RESTART_COUNT >= 1 means ckpt_path=last).
 """
 
 from __future__ import annotations
@@ -101,6 +104,7 @@ class ResumeState(Callback):
         self._train_rng: dict | None = None
         self._pending_rng: dict | None = None
         self._old_usr1 = None
+        self._old_usr2 = None
 
     # -- checkpoint contents ----------------------------------------------------------
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
@@ -131,11 +135,17 @@ class ResumeState(Callback):
     # -- signals --------------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module) -> None:
         # Lightning registered its handlers by now; SIGUSR1 has one under SLURM auto-requeue.
-        usr1 = getattr(signal, "SIGUSR1", None)
-        if usr1 is None or threading.current_thread() is not threading.main_thread():
+        if threading.current_thread() is not threading.main_thread():
             return
-        if signal.getsignal(usr1) in (signal.SIG_DFL, None):
+        usr1 = getattr(signal, "SIGUSR1", None)
+        if usr1 is not None and signal.getsignal(usr1) in (signal.SIG_DFL, None):
             self._old_usr1 = signal.signal(usr1, self._on_signal)
+        # SIGUSR2 is submitit's "time is nearly up" signal (hydra/launcher=slurm); its own
+        # handler requeues the job and exits at once. Ours runs first: save last.ckpt at the
+        # end of this step, then hand over to submitit's (see on_train_batch_end).
+        usr2 = getattr(signal, "SIGUSR2", None)
+        if usr2 is not None:
+            self._old_usr2 = signal.signal(usr2, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
         log.info("received signal %d: saving last.ckpt after this step, then stopping", signum)
@@ -143,9 +153,18 @@ class ResumeState(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._train_rng = collect_rng_states()
-        if trainer.received_sigterm or self._requested:
+        requested = bool(self._requested)
+        if trainer.world_size > 1:
+            # every rank must take the same branch: the save below is a collective
+            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
+            if requested and not self._requested:
+                self._requested = getattr(signal, "SIGUSR2", signal.SIGTERM)
+        if trainer.received_sigterm or requested:
             self.stopped_by = self._requested or signal.SIGTERM
             self.save_last(trainer)
+            usr2 = getattr(signal, "SIGUSR2", None)
+            if self._requested == usr2 and callable(self._old_usr2):
+                self._old_usr2(usr2, None)  # submitit: requeue (it may exit the process here)
             if self._requested:  # SIGTERM: Lightning raises SIGTERMException after this hook
                 raise SIGTERMException()
 
@@ -161,10 +180,13 @@ class ResumeState(Callback):
             self.save_last(trainer)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
-        usr1 = getattr(signal, "SIGUSR1", None)
-        if self._old_usr1 is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(usr1, self._old_usr1)
-            self._old_usr1 = None
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name, attr in (("SIGUSR1", "_old_usr1"), ("SIGUSR2", "_old_usr2")):
+            old = getattr(self, attr)
+            if old is not None:
+                signal.signal(getattr(signal, name), old)
+                setattr(self, attr, None)
 
     def save_last(self, trainer) -> Path | None:
         """checkpoints/last.ckpt of the current step, unless one of this step was saved."""
