@@ -9,6 +9,7 @@ import lightning as L
 import torch
 
 from latent_diffusion.lit.grid import class_grid, to_uint8
+from latent_diffusion.utils.io import atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,8 @@ class SampleGrid(L.Callback):
         grid = class_grid(images, pl_module.class_names, self.n_per_class)
         if self.out_dir:
             path = Path(self.out_dir) / f"step_{step:07d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            grid.save(path)
+            with atomic_writer(path) as f:  # a killed run never leaves a half PNG
+                grid.save(f, format="PNG")
         for logger in trainer.loggers:
             name = type(logger).__name__
             if name == "WandbLogger":
