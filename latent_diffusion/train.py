@@ -104,6 +104,7 @@ def build(cfg: DictConfig):
         ema_decay=cfg.ema_decay,
         warmup_steps=cfg.warmup_steps,
         max_bad_steps=cfg.max_bad_steps,
+        seed=cfg.seed,
     )
     # Reliability wiring (docs/reliability.md): atomic + weights_only checkpoints that carry
     # the run signature, RNG continuity and save-on-signal; SLURM's hpc_ckpt in the run dir.

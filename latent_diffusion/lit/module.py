@@ -26,6 +26,19 @@ from latent_diffusion.diffusion import GaussianDiffusion
 from latent_diffusion.lit.ema import EMA
 
 
+def step_generators(seed: int, rank: int, step: int, device) -> tuple[torch.Generator, torch.Generator]:
+    """(CPU, device) generators seeded from (seed, global rank, global step).
+
+    DDP ranks draw different t and noise (one global seed would give every rank the
+    same draws, and the gradient average less independent samples), and a resumed run
+    draws what the uninterrupted one did whatever the global RNG went through."""
+    s = ((int(seed) * 1_000_003 + int(rank)) * 1_000_003 + int(step)) % 2**63
+    g_cpu = torch.Generator().manual_seed(s)
+    device = torch.device(device)
+    g_dev = g_cpu if device.type == "cpu" else torch.Generator(device).manual_seed(s)
+    return g_cpu, g_dev
+
+
 class LatentDiffusion(L.LightningModule):
     def __init__(
         self,
@@ -38,6 +51,7 @@ class LatentDiffusion(L.LightningModule):
         ema_decay: float = 0.9999,
         warmup_steps: int = 500,
         max_bad_steps: int = 20,
+        seed: int = 0,
     ):
         super().__init__()
         self.denoiser = denoiser
@@ -47,6 +61,7 @@ class LatentDiffusion(L.LightningModule):
         self.latent_shape = tuple(int(s) for s in latent_shape)
         self.warmup_steps = int(warmup_steps)
         self.max_bad_steps = int(max_bad_steps)
+        self.seed = int(seed)
         self.ema = EMA(self.plain_denoiser, decay=ema_decay)
         # Not a submodule (see module docstring): object.__setattr__ bypasses nn.Module.
         object.__setattr__(self, "vae", vae)
@@ -67,28 +82,35 @@ class LatentDiffusion(L.LightningModule):
         if self.vae is not None:
             self.vae.to(self.device)
 
-    def latents_from_batch(self, batch: dict) -> torch.Tensor:
+    def step_generators(self) -> tuple[torch.Generator, torch.Generator]:
+        """(CPU, device) generators for this step's diffusion draws (t, noise, posterior sample)."""
+        return step_generators(self.seed, self.global_rank, self.global_step, self.device)
+
+    def latents_from_batch(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         """Unit-variance latents z (B, c, h, w) for the denoiser (or pixels for a pixel baseline)."""
         if "mean" in batch:  # cached posterior: a fresh reparameterised draw every step
             mean, std = batch["mean"], batch["std"]  # (B, c, h, w) each, already scaled
-            return mean + std * torch.randn_like(std)
+            eps = torch.randn(std.shape, generator=generator, device=std.device, dtype=std.dtype)
+            return mean + std * eps
         x = batch["x"]  # (B, C, H, W) in [-1, 1]
         if self.vae is None:
             return x
         if self.vae.device != x.device:
             self.vae.to(x.device)
         with torch.no_grad():
-            return self.vae.encode(x, sample=True)  # (B, c, h, w), (z - shift) * scale
+            return self.vae.encode(x, sample=True, generator=generator)  # (B, c, h, w), (z - shift) * scale
 
     # ----------------------------------------------------------------- training
     def training_step(self, batch: dict, batch_idx: int):
-        z = self.latents_from_batch(batch)  # (B, c, h, w)
+        g_cpu, g_dev = self.step_generators()
+        z = self.latents_from_batch(batch, g_dev)  # (B, c, h, w)
         y = batch["y"]  # (B,); the denoiser drops labels to the null class with p_uncond
         # t ~ U{0..T-1}, or importance-sampled with weights 1/(T p_t) (Improved DDPM sec. 3.3)
         sampler = self.diffusion.timestep_sampler
-        t, w = sampler.sample(z.shape[0], device=z.device)  # (B,), (B,)
+        t, w = sampler.sample(z.shape[0], generator=g_cpu, device=z.device)  # (B,), (B,)
+        noise = torch.randn(z.shape, generator=g_dev, device=z.device, dtype=z.dtype)
         losses = self.diffusion.training_losses(
-            lambda x_t, tt: self.denoiser(x_t, tt, y), z, t
+            lambda x_t, tt: self.denoiser(x_t, tt, y), z, t, noise=noise
         )
         loss = (losses["loss"] * w).mean()
         if type(sampler).__name__ != "UniformSampler":
