@@ -113,3 +113,22 @@ def test_cached_latents_are_built_once_and_reused(first_run, workdir):
     run_cli("train", *FAST, "data.latents=cached", "run_name=cached2", cwd=workdir)
     assert cache[0].stat().st_mtime_ns == stamp  # read, not rebuilt
     assert _ckpt(workdir / "outputs" / "train" / "cached2")["global_step"] == 4
+
+
+@pytest.mark.slow
+def test_quality_callback_logs_cas_and_domain_fid_during_training(workdir):
+    """callbacks=quality in a real run: the domain classifier is trained at fit start (no cache
+    yet), then eval/cas and eval/fid_domain reach the logger at the checked steps."""
+    import csv
+
+    run_cli("train", *FAST, "run_name=quality", "callbacks=quality", "callbacks.domain_metrics.every_n_steps=2",
+            "callbacks.domain_metrics.n_per_class=2", "callbacks.domain_metrics.steps=4",
+            "callbacks.domain_metrics.classifier.steps=10", cwd=workdir)
+    rows = []
+    for f in (workdir / "outputs" / "train" / "quality").rglob("metrics.csv"):
+        rows += list(csv.DictReader(f.open()))
+    checked = [r for r in rows if r.get("eval/cas")]
+    assert sorted({int(r["step"]) for r in checked}) == [2, 4]
+    for r in checked:
+        assert 0.0 <= float(r["eval/cas"]) <= 1.0
+        assert float(r["eval/fid_domain"]) >= 0 and float(r["eval/fid_real_vs_real"]) >= 0

@@ -72,6 +72,13 @@ class DomainMetrics(L.Callback):
                  meta["test_accuracy"], n)
         self._ready = True
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # The classifier (trained here when evaluate has not cached it yet) before the first
+        # step, so its cost and any error come at the start, not in the middle of a run.
+        if self.every_n_steps > 0 and trainer.is_global_zero and not self._ready:
+            with torch.enable_grad(), torch.inference_mode(False):
+                self._setup(trainer)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0 and step != self._last:
@@ -84,7 +91,8 @@ class DomainMetrics(L.Callback):
         from latent_diffusion.metrics.suite import to_u8_grid
 
         if not self._ready:
-            self._setup(trainer)
+            with torch.enable_grad():  # training the classifier needs autograd; _check is no_grad
+                self._setup(trainer)
         was_training = pl_module.training
         k = len(pl_module.class_names)
         y = torch.arange(k, device=pl_module.device).repeat_interleave(self.n_per_class)
