@@ -22,7 +22,7 @@ REPORT = Path("outputs/demo/report")
 
 def stages(fast: bool) -> list[tuple[str, list[str]]]:
     train = ["experiment=demo", "ckpt_path=last"]
-    sample = [f"run={RUN}", "sampler=dpmpp", "steps=20", "guidance=2.0", "n_per_class=32",
+    sample = [f"run={RUN}", "sampler=dpmpp", "steps=20", "guidance=3.0", "n_per_class=32",
               f"out_dir={SAMPLES}"]
     evaluate = ["real=microdoppler", f"generated={SAMPLES}", f"out_dir={REPORT}", f"run={RUN}",
                 "augmentation.fractions=[0.25,1.0]", "augmentation.multipliers=[0,1]",
@@ -34,7 +34,7 @@ def stages(fast: bool) -> list[tuple[str, list[str]]]:
     return [
         ("simulate a preview of the data", ["simulate", "out_dir=outputs/demo/data", "n_per_class=8"]),
         ("train the VAE (first run only) and the latent diffusion model", ["train", *train]),
-        ("sample 32 spectrograms per class (DPM-Solver++, 20 steps, guidance 2)", ["sample", *sample]),
+        ("sample 32 spectrograms per class (DPM-Solver++, 20 steps, guidance 3)", ["sample", *sample]),
         ("evaluate against held-out simulated data", ["evaluate", *evaluate]),
     ]
 
