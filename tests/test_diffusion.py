@@ -235,7 +235,10 @@ def test_create_diffusion_from_hydra_config():
     cfg = OmegaConf.load(Path(__file__).parents[1] / "conf" / "diffusion" / "default.yaml")
     d = instantiate(cfg)
     assert isinstance(d, GaussianDiffusion) and d.num_timesteps == 1000
-    assert d.learn_sigma and d.loss == "hybrid" and d.prediction == "eps" and not d.clip_x0
+    assert d.learn_sigma and d.loss == "hybrid" and not d.clip_x0
+    # the measured defaults (docs/evaluation.md): v-prediction, LDM's schedule, Min-SNR-5
+    assert d.prediction == "v" and d.snr_gamma == 5.0
+    np.testing.assert_allclose(d.schedule.betas, betas_for("scaled_linear", 1000))
     assert create_diffusion(schedule="cosine", timesteps=50).num_timesteps == 50
     t = d.sample_timesteps(10000, torch.Generator().manual_seed(0))
     assert t.min() >= 0 and t.max() <= 999 and abs(t.float().mean().item() - 499.5) < 10
