@@ -24,10 +24,12 @@ def _ckpt(run: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
-def first_run(workdir):
-    """The fresh-machine path: no VAE artifact yet, so the VAE stage runs first."""
-    proc = run_cli("train", *FAST, "run_name=first", cwd=workdir)
-    return workdir / "outputs" / "train" / "first", proc.stdout + proc.stderr
+def first_run(tmp_path_factory):
+    """The fresh-machine path: no VAE artifact yet, so the VAE stage runs first. Its own
+    folder: other test files share `workdir` and may have trained its VAE already."""
+    fresh = tmp_path_factory.mktemp("fresh")
+    proc = run_cli("train", *FAST, "run_name=first", cwd=fresh)
+    return fresh / "outputs" / "train" / "first", proc.stdout + proc.stderr
 
 
 def test_one_command_trains_the_vae_first_then_exports(first_run):
@@ -105,14 +107,15 @@ def test_wandb_offline_run_with_sample_images(first_run, workdir):
     assert images, "the sample grid was not logged to wandb"
 
 
-def test_cached_latents_are_built_once_and_reused(first_run, workdir):
-    run_cli("train", *FAST, "data.latents=cached", "run_name=cached1", cwd=workdir)
-    cache = sorted((workdir / ".cache" / "latent_diffusion" / "latents").glob("train-*.safetensors"))
+def test_cached_latents_are_built_once_and_reused(first_run):
+    work = first_run[0].parents[2]  # the fresh folder: no other run has cached latents there
+    run_cli("train", *FAST, "data.latents=cached", "run_name=cached1", cwd=work)
+    cache = sorted((work / ".cache" / "latent_diffusion" / "latents").glob("train-*.safetensors"))
     assert len(cache) == 1
     stamp = cache[0].stat().st_mtime_ns
-    run_cli("train", *FAST, "data.latents=cached", "run_name=cached2", cwd=workdir)
+    run_cli("train", *FAST, "data.latents=cached", "run_name=cached2", cwd=work)
     assert cache[0].stat().st_mtime_ns == stamp  # read, not rebuilt
-    assert _ckpt(workdir / "outputs" / "train" / "cached2")["global_step"] == 4
+    assert _ckpt(work / "outputs" / "train" / "cached2")["global_step"] == 4
 
 
 @pytest.mark.slow
