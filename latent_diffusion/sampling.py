@@ -1,26 +1,23 @@
-"""Sampling from an export: per-image seeds, batching, the split over ranks, the writers.
+"""`python -m latent_diffusion.sample`: an export's images written as a sample folder.
 
-`python -m latent_diffusion.sample` (sample.py) is a thin Hydra wrapper around
-`sample_run(cfg)` here. The pieces, in the order they run:
+sample.py is a thin Hydra wrapper around `sample_run(cfg)` here. The pieces, in
+the order they run:
 
   plan(...)         the image list: (class index, index within class), row-major by class
-  image_seed(...)   each image's own seed, a stable hash of (seed, class index, index)
   shard(...)        rank r of W takes images r, r + W, r + 2W, ...
-  generate(...)     batches -> per-image generators -> sampler (+ guidance) -> decode -> uint8
+  generate(...)     LatentDiffusionPipeline(...) on this rank's share -> uint8 images
   write_samples(..) grid.png, <class>/*.png, samples.npz, metadata.json in one atomic folder
 
-Reproducibility: every random draw of image i (the start noise and every
-ancestral step's noise) comes from a CPU torch.Generator seeded with
-image_seed(seed, class, index) alone (samplers.py draws per generator), so an
-image does not depend on the batch it is in, on the other classes asked for,
-or on how many processes share the work. The class index is the export's
-(the model's label), so classes=[walk,fall] gives the same walk and fall
-images as a run over all classes.
+Reproducibility is the pipeline's seed rule (pipeline.py): image (class, index)
+draws all its noise from its own generator seeded with image_seed(seed, class,
+index), so an image does not depend on the batch it is in, on the other classes
+asked for, or on how many processes share the work. The class index is the
+export's (the model's label), so classes=[walk,fall] gives the same walk and
+fall images as a run over all classes.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -29,26 +26,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from latent_diffusion.lit.grid import class_grid, to_uint8
+from latent_diffusion.lit.grid import class_grid
+from latent_diffusion.pipeline import (
+    IMAGE_SEED_RULE,
+    check_sampling_args,
+    image_seed,
+    read_export_meta,
+)
 from latent_diffusion.utils.errors import UserError
-from latent_diffusion.utils.io import atomic_dir, atomic_write_json, stable_hash
+from latent_diffusion.utils.io import atomic_dir, atomic_write_json
+from latent_diffusion.utils.pixels import png_bytes
 
 log = logging.getLogger(__name__)
 
 WRITER = "latent_diffusion.sample"  # metadata["writer"]: folders `sample` may replace
-DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpmpp": 20}  # None = all T training steps
 GRID_COLS = 8
 
 
 # ------------------------------------------------------------------ the image list
-def image_seed(seed: int, class_index: int, index: int) -> int:
-    """Image (class_index, index)'s own seed: 63 bits of sha256 over the triple, so
-    nearby seeds give unrelated noise and no two images share a stream by accident."""
-    return int(stable_hash(["sample", int(seed), int(class_index), int(index)], n=16), 16) & (2**63 - 1)
-
-
 def plan(class_indices: Sequence[int], n_per_class: int) -> list[tuple[int, int]]:
     """[(class index, index within class)], n_per_class of each class, row-major by class."""
     return [(int(c), k) for c in class_indices for k in range(int(n_per_class))]
@@ -81,30 +77,11 @@ def resolve_classes(classes, known: list[str]) -> list[int]:
 def check_args(sampler: str, steps, guidance: float, n_per_class: int, batch_size: int,
                eta: float, num_timesteps: int) -> int | None:
     """UserErrors for values out of range; returns the step count to use (None = all T)."""
-    if sampler not in DEFAULT_STEPS:
-        raise UserError(f"sampler={sampler!r} is not known; use one of {', '.join(DEFAULT_STEPS)}")
-    if steps is None:
-        steps = DEFAULT_STEPS[sampler]
-    if steps is not None:
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= num_timesteps:
-            raise UserError(
-                f"steps={steps!r}: must be an integer in [1, {num_timesteps}] "
-                f"(the model was trained with T={num_timesteps} steps)"
-            )
-    try:
-        guidance, eta = float(guidance), float(eta)
-    except (TypeError, ValueError):
-        raise UserError(f"guidance={guidance!r}, eta={eta!r}: both must be numbers") from None
-    if not guidance >= 0:  # also rejects NaN
-        raise UserError(f"guidance={guidance}: must be >= 0 (0 = unconditional, 1 = no guidance, >1 = guided)")
+    steps = check_sampling_args(sampler, steps, guidance, eta, num_timesteps)
     if not isinstance(n_per_class, int) or n_per_class < 1:
         raise UserError(f"n_per_class={n_per_class!r}: must be an integer >= 1")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"batch_size={batch_size!r}: must be an integer >= 1")
-    if not float(eta) >= 0:
-        raise UserError(f"eta={eta}: must be >= 0 (0 = deterministic DDIM, 1 = DDPM-like noise)")
-    if eta and sampler != "ddim":
-        raise UserError(f"eta={eta}: only sampler=ddim takes eta; drop it or use sampler=ddim")
     return steps
 
 
@@ -128,36 +105,14 @@ def pick_device(device: str | None, local_rank: int = 0) -> torch.device:
 
 
 # ------------------------------------------------------------------ sampling
-@torch.no_grad()
-def generate(export, items: Sequence[tuple[int, int]], sampler: str, steps: int | None, guidance: float,
-             seed: int, batch_size: int, eta: float = 0.0, device="cpu",
+def generate(pipe, items: Sequence[tuple[int, int]], sampler: str, steps: int | None, guidance: float,
+             seed: int, batch_size: int, eta: float = 0.0,
              on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-    """Images (N, H, W, C) uint8 for `items` [(class index, index within class)].
-
-    Each batch: per-image CPU generators -> sampler in latent space with guidance
-    w (cfg_model_fn: one batched forward, w = 1 conditional only, w = 0 the null
-    class only) -> VAE decode (or clamp, for a pixel-space model) -> uint8.
-    """
-    from latent_diffusion.diffusion import cfg_model_fn, generators_from_seeds, sample
-
-    device = torch.device(device)
-    kw = {"eta": float(eta)} if sampler == "ddim" else {}
-    out = []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        y = torch.tensor([c for c, _ in chunk], dtype=torch.long, device=device)  # (B,)
-        # CPU generators: the noise is the same numbers on every device and rank
-        gens = generators_from_seeds([image_seed(seed, c, k) for c, k in chunk], "cpu")
-        fn = cfg_model_fn(export.denoiser, y, export.denoiser.null_class, guidance)
-        z = sample(sampler, export.diffusion, fn, (len(chunk), *export.latent_shape), steps=steps,
-                   generators=gens, device=device, **kw)  # (B, c, h, w)
-        x = export.vae.decode(z) if export.vae is not None else z.clamp(-1, 1)  # (B, C, H, W)
-        out.append(to_uint8(x))  # (B, H, W, C)
-        if on_batch:
-            on_batch(len(chunk))
-    if not out:
-        return np.zeros((0, 1, 1, 1), np.uint8)
-    return np.concatenate(out)
+    """Images (N, H, W, C) uint8 of `items` [(class index, index within class)] from the pipeline."""
+    out = pipe([c for c, _ in items], num_inference_steps=steps, guidance_scale=guidance, sampler=sampler,
+               seed=seed, indices=[k for _, k in items], eta=eta, batch_size=batch_size,
+               output_type="uint8", on_batch=on_batch)
+    return out.images if len(items) else np.zeros((0, 1, 1, 1), np.uint8)
 
 
 # ------------------------------------------------------------------ the output folder
@@ -185,13 +140,6 @@ def check_out_dir(out: Path) -> None:
         )
 
 
-def _png(img: np.ndarray) -> bytes:
-    """(H, W, C) uint8 -> PNG bytes: 8-bit grey for C = 1 (the readers' convention), RGB for 3."""
-    buf = io.BytesIO()
-    Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def write_samples(out: Path, images: np.ndarray, items: Sequence[tuple[int, int]], class_names: list[str],
                   meta: dict) -> Path:
     """Write the sample folder under a temporary name, then rename it to `out`.
@@ -210,7 +158,7 @@ def write_samples(out: Path, images: np.ndarray, items: Sequence[tuple[int, int]
             (tmp / class_names[c]).mkdir()
         for img, (c, k) in zip(images, items, strict=True):
             name = f"{class_names[c]}/{class_names[c]}_{k:05d}.png"
-            (tmp / name).write_bytes(_png(img))
+            (tmp / name).write_bytes(png_bytes(img))
             files.append({"file": name, "class": class_names[c], "index": k,
                           "seed": image_seed(meta["seed"], c, k)})
         n_cols = min(GRID_COLS, min(int((labels == c).sum()) for c in order))
@@ -258,7 +206,7 @@ def sample_run(cfg) -> Path | None:
     import torch.distributed as dist
     from tqdm.auto import tqdm
 
-    from latent_diffusion.lit.export import find_export, load_export
+    from latent_diffusion.pipeline import LatentDiffusionPipeline
 
     t_start = time.time()
     rank, world, local = dist_context()
@@ -266,8 +214,7 @@ def sample_run(cfg) -> Path | None:
 
     if OmegaConf.is_missing(cfg, "run") or cfg.run in (None, ""):
         raise UserError("run is not set: pass run=<training run dir or its export/ dir>")
-    export_path = find_export(cfg.run)
-    meta = json.loads((export_path / "export.json").read_text())
+    export_path, meta = read_export_meta(cfg.run)
     T = int(meta["diffusion"]["timesteps"])
     sampler = str(cfg.sampler)
     steps = check_args(sampler, cfg.steps, cfg.guidance, cfg.n_per_class, cfg.batch_size, cfg.eta, T)
@@ -287,7 +234,7 @@ def sample_run(cfg) -> Path | None:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         t0 = time.time()
-        export = load_export(export_path, device=device)
+        pipe = LatentDiffusionPipeline.from_pretrained(export_path, device=device)
         t_load = time.time() - t0
 
         items = plan(class_idx, int(cfg.n_per_class))
@@ -295,8 +242,8 @@ def sample_run(cfg) -> Path | None:
         bar = tqdm(total=len(mine), unit="img", desc=f"{sampler}-{steps or T} w={guidance:g}",
                    disable=rank != 0 or not cfg.progress, dynamic_ncols=True)
         t0 = time.time()
-        part = generate(export, [items[i] for i in mine], sampler, steps, guidance, seed,
-                        int(cfg.batch_size), float(cfg.eta), device, on_batch=bar.update)
+        part = generate(pipe, [items[i] for i in mine], sampler, steps, guidance, seed,
+                        int(cfg.batch_size), float(cfg.eta), on_batch=bar.update)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t_sample = time.time() - t0
@@ -304,7 +251,7 @@ def sample_run(cfg) -> Path | None:
         images = gather_to_rank0(part, mine, world, len(items))
         if rank != 0:
             return None
-        per_class = {export.class_names[c]: int(cfg.n_per_class) for c in class_idx}
+        per_class = {pipe.class_names[c]: int(cfg.n_per_class) for c in class_idx}
         t0 = time.time()
         record = {
             "writer": WRITER,
@@ -318,9 +265,9 @@ def sample_run(cfg) -> Path | None:
             "guidance": guidance,
             "eta": float(cfg.eta) if sampler == "ddim" else None,
             "seed": seed,
-            "image_seed": "int(sha256(json ['sample', seed, class_index, index])[:16], 16) & (2**63-1)",
-            "class_names": export.class_names,  # arr_1 of samples.npz indexes this list
-            "classes": [export.class_names[c] for c in class_idx],
+            "image_seed": IMAGE_SEED_RULE,
+            "class_names": pipe.class_names,  # arr_1 of samples.npz indexes this list
+            "classes": [pipe.class_names[c] for c in class_idx],
             "counts": per_class,
             "n_images": len(items),
             "image_shape": list(images.shape[1:]),
@@ -332,7 +279,7 @@ def sample_run(cfg) -> Path | None:
             "timings_s": {"load": round(t_load, 3), "sample": round(t_sample, 3)},
             "images_per_s": round(len(mine) * world / max(t_sample, 1e-9), 3),
         }
-        write_samples(out, images, items, export.class_names, record)
+        write_samples(out, images, items, pipe.class_names, record)
         # the write time is known only after the folder is in place; record it beside the rest
         record_path = out / "metadata.json"
         full = json.loads(record_path.read_text())

@@ -177,8 +177,8 @@ def test_same_images_whatever_the_batch_size_or_class_subset(sample_src, batch8,
 def test_guidance_1_is_the_conditional_model_and_0_the_unconditional(sample_src, tmp_path):
     from latent_diffusion.diffusion import generators_from_seeds, sample
     from latent_diffusion.lit.export import load_export
-    from latent_diffusion.lit.grid import to_uint8
     from latent_diffusion.sampling import generate, image_seed
+    from latent_diffusion.utils.pixels import to_uint8
 
     exp = load_export(sample_src)
     run = exp.class_names.index("run")
@@ -301,3 +301,96 @@ def test_two_ranks_under_torchrun_write_the_same_images_as_one_process(sample_sr
         np.testing.assert_array_equal(z["arr_1"], one["labels"])
     meta = json.loads((tmp_path / "two" / "metadata.json").read_text())
     assert meta["world_size"] == 2 and meta["counts"] == {"jump": 2, "box": 2, "walk": 2}
+
+
+# ------------------------------------------------------------------ the pipeline
+PLAIN_SESSION = """
+import json, sys
+import numpy as np
+from latent_diffusion.pipeline import LatentDiffusionPipeline
+pipe = LatentDiffusionPipeline.from_pretrained(sys.argv[1])
+out = pipe(["walk"] * 3 + ["fall"] * 3, num_inference_steps=4, guidance_scale=2.5, sampler="ddim",
+           seed=7, output_type="pil", return_latents=True)
+np.save(sys.argv[2], np.stack([np.asarray(im) for im in out.images]))
+print(json.dumps({"mods": sorted(m for m in ("lightning", "hydra") if m in sys.modules),
+                  "modes": sorted({im.mode for im in out.images}), "latents": list(out.latents.shape)}))
+"""
+
+
+@pytest.mark.slow
+def test_an_export_loads_as_a_pipeline_in_a_plain_session_and_gives_the_sample_images(
+        sample_src, batch8, tmp_path):
+    """from_pretrained(run/export) in a fresh `python -c` (no Hydra, no Lightning imported)
+    makes the very images `sample` wrote for the same (seed, class, index)."""
+    _, r = batch8
+    env = {**os.environ, **ONE_THREAD}
+    proc = subprocess.run([sys.executable, "-c", PLAIN_SESSION, str(sample_src / "export"),
+                           str(tmp_path / "imgs.npy")], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info == {"mods": [], "modes": ["L"], "latents": [6, 4, 16, 16]}
+    # another process may pick other float32 kernels: a rare pixel one grey level apart
+    _same_up_to_rounding(np.load(tmp_path / "imgs.npy"), r["images"][..., 0])
+
+
+@pytest.mark.slow
+def test_training_grid_quality_callback_and_sample_give_identical_images(sample_src, tmp_path):
+    """The same (seed, class, index) is the same image in the grid PNG of SampleGrid, in
+    what DomainMetrics scores, and in `sample`'s output (the callbacks sample the EMA
+    weights of a LatentDiffusion module; `sample` the export of those weights)."""
+    from types import SimpleNamespace
+
+    from latent_diffusion.lit.callbacks import SampleGrid
+    from latent_diffusion.lit.module import LatentDiffusion
+    from latent_diffusion.metrics.callback import DomainMetrics
+    from latent_diffusion.pipeline import LatentDiffusionPipeline
+
+    pipe = LatentDiffusionPipeline.from_pretrained(sample_src)
+    module = LatentDiffusion(pipe.denoiser.requires_grad_(True).train(), pipe.diffusion,
+                             optimizer=torch.optim.AdamW, class_names=pipe.class_names,
+                             latent_shape=pipe.latent_shape, vae=pipe.vae)  # EMA starts as these weights
+    torch.nn.init.normal_(module.denoiser.unet.conv_in.weight)  # training weights != EMA: the grid uses the EMA
+    settings = {"sampler": "dpmpp", "steps": 3, "guidance": 2.0, "seed": 5}
+    n = 2
+    grid_cb = SampleGrid(every_n_steps=1, n_per_class=n, out_dir=str(tmp_path / "grid"), **settings)
+    grid_cb._fire(SimpleNamespace(is_global_zero=True, loggers=[]), module, step=1)
+    assert module.denoiser.training  # mode restored after sampling
+    grid = np.asarray(Image.open(tmp_path / "grid" / "step_0000001.png"))
+    h = w = 64
+    cells = np.stack([grid[2 + r * (h + 2):2 + r * (h + 2) + h, 66 + k * (w + 2):66 + k * (w + 2) + w]
+                      for r in range(len(pipe.class_names)) for k in range(n)])  # class_grid's layout
+    scored = DomainMetrics(every_n_steps=1, n_per_class=n, **settings).sample_images(module)[..., 0]
+    s = _sample(sample_src, tmp_path / "s", "sampler=dpmpp", "steps=3", "guidance=2", "seed=5",
+                f"n_per_class={n}")
+    np.testing.assert_array_equal(cells, s["images"][..., 0])
+    np.testing.assert_array_equal(scored, s["images"][..., 0])
+    assert len(np.unique(scored)) > 20
+
+
+@pytest.mark.slow
+def test_pipeline_arguments_names_generators_and_output_types(sample_src):
+    from latent_diffusion.pipeline import LatentDiffusionPipeline, image_seed
+
+    pipe = LatentDiffusionPipeline.from_pretrained(sample_src)
+    kw = {"num_inference_steps": 2, "sampler": "dpmpp", "guidance_scale": 1.0}
+    by_name = pipe(["jump", "jump"], seed=1, output_type="uint8", **kw).images
+    by_index = pipe([2, 2], seed=1, indices=[0, 1], output_type="uint8", **kw).images
+    np.testing.assert_array_equal(by_name, by_index)  # names and indices (jump = 2) are one thing
+    gens = [torch.Generator().manual_seed(image_seed(1, 2, k)) for k in range(2)]
+    np.testing.assert_array_equal(pipe([2, 2], generator=gens, output_type="uint8", **kw).images, by_name)
+    pt = pipe([2], seed=1, output_type="pt", **kw).images
+    assert pt.shape == (1, 1, 64, 64) and 0 <= float(pt.min()) and float(pt.max()) <= 1
+    assert pipe([2], seed=1, output_type="latent", **kw).images.shape == (1, 4, 16, 16)
+    for bad, needle in ((dict(class_labels=["swim"]), "class 'swim' is unknown"),
+                        (dict(class_labels=[8]), "class index 8 is out of range"),
+                        (dict(class_labels=[0], output_type="jpeg"), "output_type='jpeg'")):
+        with pytest.raises(UserError, match=needle):
+            pipe(**{**kw, **bad})
+
+
+def test_sample_defaults_are_the_pipelines():
+    """`sample` with no sampler / guidance override samples as pipe(...) with no arguments does."""
+    from latent_diffusion.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER
+
+    cfg = _cfg("r", "o")
+    assert (cfg.sampler, cfg.guidance, cfg.steps) == (DEFAULT_SAMPLER, DEFAULT_GUIDANCE, None)

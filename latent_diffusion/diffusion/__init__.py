@@ -5,6 +5,7 @@ from __future__ import annotations
 from latent_diffusion.diffusion.gaussian_diffusion import GaussianDiffusion
 from latent_diffusion.diffusion.respace import respaced, respaced_for, space_timesteps
 from latent_diffusion.diffusion.samplers import (
+    DEFAULT_STEPS,
     SAMPLERS,
     cfg_model_fn,
     ddim_sample,
@@ -55,6 +56,7 @@ def create_diffusion(
 
 
 __all__ = [
+    "DEFAULT_STEPS",
     "SAMPLERS",
     "DiffusionSchedule",
     "GaussianDiffusion",

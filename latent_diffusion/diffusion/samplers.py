@@ -23,6 +23,9 @@ from latent_diffusion.diffusion.respace import respaced, respaced_for
 from latent_diffusion.utils.errors import UserError
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# The sampler table's default step counts (None = all T training steps), the one place
+# every caller (pipeline, sample, callbacks, benchmarks) takes them from.
+DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpmpp": 20}
 
 
 # ----------------------------------------------------------------- noise
@@ -80,7 +83,7 @@ def ddpm_sample(diffusion, model_fn: ModelFn, shape, generators=None, steps=None
 
 # ------------------------------------------------------------------ DDIM
 @torch.no_grad()
-def ddim_sample(diffusion, model_fn: ModelFn, shape, steps=50, eta: float = 0.0, generators=None, device="cpu", progress=None):
+def ddim_sample(diffusion, model_fn: ModelFn, shape, steps=DEFAULT_STEPS["ddim"], eta: float = 0.0, generators=None, device="cpu", progress=None):
     """DDIM (Song et al. 2021, eq. 12): x_{t-1} = sqrt(acp_prev) x0 + sqrt(1 - acp_prev - sigma^2) eps
     + sigma z, sigma = eta sqrt((1-acp_prev)/(1-acp)) sqrt(1 - acp/acp_prev). eta = 0: deterministic."""
     d = respaced_for(diffusion, steps)
@@ -102,7 +105,7 @@ def ddim_sample(diffusion, model_fn: ModelFn, shape, steps=50, eta: float = 0.0,
 
 # ------------------------------------------------------------- DPM-Solver++
 @torch.no_grad()
-def dpmpp_sample(diffusion, model_fn: ModelFn, shape, steps=20, generators=None, device="cpu", progress=None):
+def dpmpp_sample(diffusion, model_fn: ModelFn, shape, steps=DEFAULT_STEPS["dpmpp"], generators=None, device="cpu", progress=None):
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2), data prediction, multistep.
 
     alpha_t = sqrt(acp), sigma_t = sqrt(1 - acp), lambda_t = log(alpha_t / sigma_t),
@@ -146,13 +149,12 @@ SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpmpp": dpmpp_sample}
 
 
 def sample(sampler: str, diffusion, model_fn: ModelFn, shape, steps=None, generators=None, device="cpu", **kwargs):
-    """Dispatch by name ('ddpm' | 'ddim' | 'dpmpp'); `steps` None means the sampler's default
-    (DDPM: all T steps, DDIM: 50, DPM++: 20)."""
+    """Dispatch by name ('ddpm' | 'ddim' | 'dpmpp'); `steps` None means DEFAULT_STEPS[sampler]."""
     if sampler not in SAMPLERS:
         raise UserError(f"sampler={sampler!r} is not known; use one of {', '.join(SAMPLERS)}.")
-    if steps is not None:
-        kwargs["steps"] = steps
-    return SAMPLERS[sampler](diffusion, model_fn, shape, generators=generators, device=device, **kwargs)
+    steps = DEFAULT_STEPS[sampler] if steps is None else steps
+    return SAMPLERS[sampler](diffusion, model_fn, shape, steps=steps, generators=generators, device=device,
+                             **kwargs)
 
 
 # ------------------------------------------------- classifier-free guidance

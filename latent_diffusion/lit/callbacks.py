@@ -1,4 +1,4 @@
-"""Callbacks: sample grids during training."""
+"""Callbacks: sample grids during training, the shared trigger of sampling callbacks, weight digests."""
 
 from __future__ import annotations
 
@@ -6,65 +6,87 @@ import logging
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 
-from latent_diffusion.lit.grid import class_grid, to_uint8
+from latent_diffusion.lit.grid import class_grid
 from latent_diffusion.utils.io import atomic_writer
 
 log = logging.getLogger(__name__)
 
 
-class SampleGrid(L.Callback):
-    """Every `every_n_steps` (and at the end), sample `n_per_class` images per class
-    with the EMA denoiser, decode them and log one row per class.
+class PeriodicSampling(L.Callback):
+    """What the callbacks that sample during training share: the trigger (every
+    `every_n_steps` optimizer steps, never twice for one step, rank 0 only: the other
+    ranks would draw the same images) and the images (n_per_class of every class from
+    the EMA weights through LatentDiffusionPipeline, with its seed rule, so image
+    (seed, class, index) is the one `sample` writes for the same settings and
+    successive checks show the model changing, not the noise)."""
 
-    Same seeds every time, so successive grids show the model changing, not the noise.
-    Only rank 0 samples: the others would draw the same images.
-    """
-
-    def __init__(self, every_n_steps: int = 500, n_per_class: int = 4, sampler: str = "ddim",
-                 steps: int = 50, guidance: float = 2.0, out_dir: str | None = None):
-        self.every_n_steps = every_n_steps
-        self.n_per_class = n_per_class
-        self.sampler, self.steps, self.guidance = sampler, steps, guidance
-        self.out_dir = out_dir
+    def __init__(self, every_n_steps: int, n_per_class: int, sampler: str = "dpmpp", steps: int | None = None,
+                 guidance: float = 1.0, seed: int = 0):
+        self.every_n_steps, self.n_per_class = int(every_n_steps), int(n_per_class)
+        self.sampler, self.steps, self.guidance = sampler, steps, float(guidance)
+        self.seed = int(seed)
         self._last_step = -1
 
+    def due(self, step: int) -> bool:
+        return self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0:
-            self._log_grid(trainer, pl_module, step)
+        if self.due(trainer.global_step):
+            self._fire(trainer, pl_module, trainer.global_step)
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        self._log_grid(trainer, pl_module, trainer.global_step)
-
-    @torch.no_grad()
-    def _log_grid(self, trainer, pl_module, step: int) -> None:
-        if step == self._last_step or not trainer.is_global_zero:
+    def _fire(self, trainer, pl_module, step: int) -> None:
+        if step == self._last_step:
             return
         self._last_step = step
-        was_training = pl_module.training
-        k = len(pl_module.class_names)
-        y = torch.arange(k, device=pl_module.device).repeat_interleave(self.n_per_class)
-        gens = [torch.Generator().manual_seed(i) for i in range(len(y))]
-        z = pl_module.sample_latents(y, self.sampler, self.steps, self.guidance, generators=gens)
-        images = to_uint8(pl_module.decode(z.to(pl_module.device)))
-        grid = class_grid(images, pl_module.class_names, self.n_per_class)
+        if trainer.is_global_zero:
+            self.on_sampling_step(trainer, pl_module, step)
+
+    def on_sampling_step(self, trainer, pl_module, step: int) -> None:
+        raise NotImplementedError
+
+    def labels(self, pl_module) -> list[int]:
+        """n_per_class images of each class in turn (row-major by class, as `sample` plans)."""
+        return [c for c in range(len(pl_module.class_names)) for _ in range(self.n_per_class)]
+
+    @torch.no_grad()
+    def sample_images(self, pl_module) -> np.ndarray:
+        """(N, H, W, C) uint8 images of `labels(pl_module)` from the EMA weights."""
+        with pl_module.ema_pipeline() as pipe:
+            return pipe(self.labels(pl_module), num_inference_steps=self.steps, guidance_scale=self.guidance,
+                        sampler=self.sampler, seed=self.seed, output_type="uint8").images
+
+
+class SampleGrid(PeriodicSampling):
+    """Every `every_n_steps` (and at the end), a grid of n_per_class images per class,
+    one labelled row per class, logged to wandb / tensorboard and written as
+    <out_dir>/step_<step>.png."""
+
+    def __init__(self, every_n_steps: int = 500, n_per_class: int = 4, sampler: str = "ddim",
+                 steps: int | None = None, guidance: float = 2.0, out_dir: str | None = None, seed: int = 0):
+        super().__init__(every_n_steps, n_per_class, sampler, steps, guidance, seed)
+        self.out_dir = out_dir
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._fire(trainer, pl_module, trainer.global_step)
+
+    def on_sampling_step(self, trainer, pl_module, step: int) -> None:
+        from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+        grid = class_grid(self.sample_images(pl_module), pl_module.class_names, self.n_per_class)
         if self.out_dir:
             path = Path(self.out_dir) / f"step_{step:07d}.png"
             with atomic_writer(path) as f:  # a killed run never leaves a half PNG
                 grid.save(f, format="PNG")
         for logger in trainer.loggers:
-            name = type(logger).__name__
-            if name == "WandbLogger":
+            if isinstance(logger, WandbLogger):
                 logger.log_image("samples/grid", [grid], step=step)
-            elif name == "TensorBoardLogger":
-                import numpy as np
-
+            elif isinstance(logger, TensorBoardLogger):
                 arr = np.asarray(grid)
                 arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
                 logger.experiment.add_image("samples/grid", arr, step)
-        pl_module.train(was_training)
 
 
 class WeightDigest(L.Callback):

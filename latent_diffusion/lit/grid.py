@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8, the package's export convention."""
-    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def class_grid(images: np.ndarray, labels: list[str], n_cols: int, label_width: int = 64,

@@ -16,14 +16,19 @@ this module only wires them into Lightning:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
 from torch import nn
 
-from latent_diffusion.diffusion import GaussianDiffusion
+from latent_diffusion.diffusion import GaussianDiffusion, UniformSampler
 from latent_diffusion.lit.ema import EMA
+
+if TYPE_CHECKING:
+    from latent_diffusion.pipeline import LatentDiffusionPipeline
 
 
 def step_generators(seed: int, rank: int, step: int, device) -> tuple[torch.Generator, torch.Generator]:
@@ -101,19 +106,24 @@ class LatentDiffusion(L.LightningModule):
             return self.vae.encode(x, sample=True, generator=generator)  # (B, c, h, w), (z - shift) * scale
 
     # ----------------------------------------------------------------- training
-    def training_step(self, batch: dict, batch_idx: int):
-        g_cpu, g_dev = self.step_generators()
+    def diffusion_loss(self, batch: dict, g_cpu: torch.Generator | None = None,
+                       g_dev: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """The training objective on one batch -> (weighted mean loss, t (B,), per-sample losses).
+        Shared by training_step and the benchmarks' bare loop, so both time the same step."""
         z = self.latents_from_batch(batch, g_dev)  # (B, c, h, w)
         y = batch["y"]  # (B,); the denoiser drops labels to the null class with p_uncond
         # t ~ U{0..T-1}, or importance-sampled with weights 1/(T p_t) (Improved DDPM sec. 3.3)
-        sampler = self.diffusion.timestep_sampler
-        t, w = sampler.sample(z.shape[0], generator=g_cpu, device=z.device)  # (B,), (B,)
+        t, w = self.diffusion.timestep_sampler.sample(z.shape[0], generator=g_cpu, device=z.device)  # (B,), (B,)
         noise = torch.randn(z.shape, generator=g_dev, device=z.device, dtype=z.dtype)
         losses = self.diffusion.training_losses(
             lambda x_t, tt: self.denoiser(x_t, tt, y), z, t, noise=noise
         )
-        loss = (losses["loss"] * w).mean()
-        if type(sampler).__name__ != "UniformSampler":
+        return (losses["loss"] * w).mean(), t, losses
+
+    def training_step(self, batch: dict, batch_idx: int):
+        loss, t, losses = self.diffusion_loss(batch, *self.step_generators())
+        sampler = self.diffusion.timestep_sampler
+        if not isinstance(sampler, UniformSampler):
             # every rank must see the same loss history: gather before updating
             t_all, l_all = self.all_gather((t, losses["loss"].detach()))
             sampler.update(t_all.reshape(-1), l_all.reshape(-1))
@@ -160,6 +170,7 @@ class LatentDiffusion(L.LightningModule):
             self.ema.update(self.plain_denoiser)
 
     def configure_optimizers(self):
+        """The optimizer of the config and a linear LR warm-up over warmup_steps, stepped per step."""
         opt = self.optimizer_factory(params=self.denoiser.parameters())
         warm = max(1, self.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
@@ -184,23 +195,21 @@ class LatentDiffusion(L.LightningModule):
         self.log("val/vb", losses["vb"].mean(), sync_dist=True, batch_size=B)
 
     # ----------------------------------------------------------------- sampling
-    @torch.no_grad()
-    def sample_latents(self, y: torch.Tensor, sampler: str = "ddim", steps: int = 50,
-                       guidance: float = 1.0, generators=None) -> torch.Tensor:
-        """Latents (B, c, h, w) from the EMA denoiser with classifier-free guidance."""
-        from latent_diffusion.diffusion import cfg_model_fn, sample
+    @contextmanager
+    def ema_pipeline(self) -> Iterator[LatentDiffusionPipeline]:
+        """The EMA weights as a LatentDiffusionPipeline (eval mode), for the training grid and
+        the quality callback: they then sample exactly as `sample` does from the export.
+        The training weights and train/eval mode are restored on exit."""
+        from latent_diffusion.pipeline import LatentDiffusionPipeline
 
+        was_training = self.denoiser.training
         with self.ema.swap_into(self.plain_denoiser):
-            self.denoiser.eval()
-            fn = cfg_model_fn(self.denoiser, y, self.plain_denoiser.null_class, guidance)
-            z = sample(sampler, self.diffusion, fn, (y.shape[0], *self.latent_shape),
-                       steps=steps, generators=generators, device=y.device)
-        return z.float()
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        if self.vae is None:
-            return z.clamp(-1, 1)
-        return self.vae.decode(z)
+            self.plain_denoiser.eval()
+            try:
+                yield LatentDiffusionPipeline(self.plain_denoiser, self.diffusion, self.class_names,
+                                              self.latent_shape, self.vae)
+            finally:
+                self.denoiser.train(was_training)
 
     # ------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:

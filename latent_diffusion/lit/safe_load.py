@@ -126,28 +126,4 @@ def check_signature(ckpt: dict, expected: dict | None, path) -> None:
         )
 
 
-def check_export_meta(meta: dict, path, vae=None) -> None:
-    """An export.json whose parts disagree (latent shape vs denoiser, class list vs label
-    count, VAE vs latent shape) was edited or mixed from two runs: refuse it, listing each."""
-    m, shape = meta.get("model") or {}, list(meta.get("latent_shape") or [])
-    names = list(meta.get("class_names") or [])
-    diffs = []
-    if len(shape) != 3:
-        diffs.append(f"latent_shape {shape} is not [channels, height, width]")
-    else:
-        for key, want in (("in_channels", shape[0]), ("sample_size", shape[1])):
-            if m.get(key) is not None and int(m[key]) != int(want):
-                diffs.append(f"model.{key} {m[key]} vs latent_shape {shape}")
-        if vae is not None and meta.get("image_size"):
-            got = list(vae.latent_shape(int(meta["image_size"])))
-            if got != shape:
-                diffs.append(f"the VAE turns image_size {meta['image_size']} into latents {got}, not {shape}")
-    if m.get("num_classes") is not None and int(m["num_classes"]) != len(names):
-        diffs.append(f"model.num_classes {m['num_classes']} vs {len(names)} class_names {names}")
-    if diffs:
-        raise UserError(f"the export at {path} is inconsistent: {'; '.join(diffs)}. It was edited by hand or "
-                        "assembled from different runs; re-export the run (python -m latent_diffusion.train "
-                        "run_name=<run> ckpt_path=last) or use the original export folder")
-
-
-__all__ = ["check_export_meta", "SIGNATURE_KEY", "check_signature", "load_checkpoint", "run_signature", "signature_differences"]
+__all__ = ["SIGNATURE_KEY", "check_signature", "load_checkpoint", "run_signature", "signature_differences"]

@@ -5,8 +5,10 @@ puts the evaluation suite's two headline numbers on the dashboard (wandb,
 tensorboard, csv) as `eval/fid_domain`, `eval/fid_real_vs_real` (the floor at
 this sample size) and `eval/cas`. The domain classifier is the cached artifact
 of `evaluate` for the same data and classifier config (trained once on rank 0
-at fit start if absent). Sampling uses fixed seeds, so successive values differ
-because the model changed, not the noise. Only rank 0 samples and logs.
+at fit start if absent). Sampling goes through the pipeline with its seed rule
+(lit/callbacks.py PeriodicSampling), so successive values differ because the model
+changed, not the noise, and the images are those `sample` writes for the same
+seed, sampler, steps and guidance. Only rank 0 samples and logs.
 
     callbacks.domain_metrics:
       _target_: latent_diffusion.metrics.callback.DomainMetrics
@@ -18,10 +20,10 @@ from __future__ import annotations
 
 import logging
 
-import lightning as L
 import numpy as np
 import torch
 
+from latent_diffusion.lit.callbacks import PeriodicSampling
 from latent_diffusion.metrics.classifier import (
     ClassifierConfig,
     load_or_train_domain_classifier,
@@ -29,6 +31,7 @@ from latent_diffusion.metrics.classifier import (
 )
 from latent_diffusion.metrics.distances import fid
 from latent_diffusion.metrics.features import DomainFeatures
+from latent_diffusion.utils.pixels import from_uint8
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +47,14 @@ def domain_scores(classifier, feats, real_ref: torch.Tensor, real_held: torch.Te
     }
 
 
-class DomainMetrics(L.Callback):
-    def __init__(self, every_n_steps: int = 2000, n_per_class: int = 32, sampler: str = "ddim", steps: int = 50,
-                 guidance: float = 2.0, classifier: dict | None = None, cache_dir: str | None = None, seed: int = 0):
-        self.every_n_steps, self.n_per_class = int(every_n_steps), int(n_per_class)
-        self.sampler, self.steps, self.guidance = sampler, int(steps), float(guidance)
+class DomainMetrics(PeriodicSampling):
+    def __init__(self, every_n_steps: int = 2000, n_per_class: int = 32, sampler: str = "ddim",
+                 steps: int | None = None, guidance: float = 2.0, classifier: dict | None = None,
+                 cache_dir: str | None = None, seed: int = 0):
+        super().__init__(every_n_steps, n_per_class, sampler, steps, guidance, seed)
         self.cfg = ClassifierConfig.make(classifier)
-        self.cache_dir, self.seed = cache_dir, int(seed)
+        self.cache_dir = cache_dir
         self._ready = False
-        self._last = -1
 
     def _setup(self, trainer) -> None:
         from latent_diffusion.metrics.suite import stack_split
@@ -79,28 +81,12 @@ class DomainMetrics(L.Callback):
             with torch.enable_grad(), torch.inference_mode(False):
                 self._setup(trainer)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0 and step != self._last:
-            self._last = step
-            if trainer.is_global_zero:
-                self._check(trainer, pl_module, step)
-
-    @torch.no_grad()
-    def _check(self, trainer, pl_module, step: int) -> None:
-        from latent_diffusion.metrics.suite import to_u8_grid
-
+    def on_sampling_step(self, trainer, pl_module, step: int) -> None:
         if not self._ready:
-            with torch.enable_grad():  # training the classifier needs autograd; _check is no_grad
+            with torch.enable_grad():  # training the classifier needs autograd
                 self._setup(trainer)
-        was_training = pl_module.training
-        k = len(pl_module.class_names)
-        y = torch.arange(k, device=pl_module.device).repeat_interleave(self.n_per_class)
-        gens = [torch.Generator().manual_seed(self.seed * 100003 + i) for i in range(len(y))]
-        z = pl_module.sample_latents(y, self.sampler, self.steps, self.guidance, generators=gens)
-        x = to_u8_grid(pl_module.decode(z.to(pl_module.device)).float().cpu())  # (N, 1, H, W)
-        scores = domain_scores(self.classifier, self.feats, self.ref, self.held, x, y.cpu().numpy())
+        x = from_uint8(self.sample_images(pl_module))  # (N, C, H, W) on the 8-bit grid, in [-1, 1]
+        scores = domain_scores(self.classifier, self.feats, self.ref, self.held, x, np.array(self.labels(pl_module)))
         for logger in trainer.loggers:
             logger.log_metrics(scores, step=step)
         log.info("step %d: %s", step, {k_: round(v, 4) for k_, v in scores.items()})
-        pl_module.train(was_training)

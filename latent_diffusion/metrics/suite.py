@@ -28,20 +28,17 @@ from latent_diffusion.metrics.classifier import ClassifierConfig, load_or_train_
 from latent_diffusion.metrics.features import DomainFeatures, extract_features
 from latent_diffusion.metrics.generated import load_generated
 from latent_diffusion.utils.errors import UserError
+from latent_diffusion.utils.pixels import quantize_8bit
 
 log = logging.getLogger(__name__)
 PARTS = ("classifier", "tstr", "augmentation", "distances", "kinematics", "memorisation")
-
-
-def to_u8_grid(x: torch.Tensor) -> torch.Tensor:
-    return torch.round((x.clamp(-1, 1) + 1) * 127.5) / 127.5 - 1  # (N, C, H, W) on the 8-bit grid
 
 
 def stack_split(ds) -> tuple[torch.Tensor, torch.Tensor]:
     if len(ds) == 0:
         return torch.zeros(0), torch.zeros(0, dtype=torch.long)
     xs, ys = zip(*(ds[i] for i in range(len(ds))), strict=True)
-    return to_u8_grid(torch.stack(xs).float()), torch.as_tensor(ys, dtype=torch.long)
+    return quantize_8bit(torch.stack(xs).float()), torch.as_tensor(ys, dtype=torch.long)
 
 
 def load_vae(cfg: DictConfig):
@@ -69,7 +66,7 @@ def load_vae(cfg: DictConfig):
 @torch.no_grad()
 def vae_roundtrip(vae, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     out = [vae.decode(vae.encode(x[i:i + batch_size], sample=False)) for i in range(0, len(x), batch_size)]
-    return to_u8_grid(torch.cat(out))
+    return quantize_8bit(torch.cat(out))
 
 
 def kin_params(cfg: DictConfig, source) -> dict:
