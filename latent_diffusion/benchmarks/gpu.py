@@ -29,7 +29,7 @@ def run_gpu_switches(cfg, device, vae, pool) -> dict:
 
     def make(bf16=False, fused=False, channels_last=False, compile=False):
         den = setup.make_denoiser(size, shape, channels_last=channels_last)
-        return BareStep(setup.make_module(den, shape, vae, compile=compile), device, bf16=bf16, fused=fused)
+        return BareStep(setup.make_module(den, shape, vae, compile=compile, fused=fused), device, bf16=bf16)
 
     variants = {
         "fp32": make(), "tf32": make(), "bf16": make(bf16=True),
@@ -84,7 +84,7 @@ def run_profile(cfg, device, vae, pool) -> dict:
     """torch.profiler: where a training step (cached latents) and a DPM-Solver++ run spend time."""
     from torch.profiler import ProfilerActivity, profile
 
-    from latent_diffusion.diffusion import cfg_model_fn, create_diffusion, sample
+    from latent_diffusion.benchmarks.sampling import bench_pipeline
 
     x, y = pool
     size, B = cfg.profile.model, int(cfg.batch_size)
@@ -98,12 +98,10 @@ def run_profile(cfg, device, vae, pool) -> dict:
             step(batch)
     train_top = _top(prof, device, int(cfg.profile.top))
 
-    model = step.module.plain_denoiser.eval()
     n = int(cfg.sample.n_images)
-    yy = torch.arange(n, device=device) % setup.NUM_CLASSES
-    fn = cfg_model_fn(model, yy, model.null_class, float(cfg.sample.guidance))
-    diffusion = create_diffusion()
+    pipe = bench_pipeline(size, shape, device)
     with profile(activities=acts) as prof:
-        sample("dpmpp", diffusion, fn, (n, *shape), steps=20, device=device)
+        pipe([i % setup.NUM_CLASSES for i in range(n)], num_inference_steps=20, sampler="dpmpp",
+             guidance_scale=float(cfg.sample.guidance), batch_size=n, output_type="latent")
     return {"model": size, "train_step": {"batch_size": B, "steps": int(cfg.profile.steps), "top": train_top},
             "dpmpp20_guided": {"n_images": n, "top": _top(prof, device, int(cfg.profile.top))}}

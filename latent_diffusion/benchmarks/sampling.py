@@ -14,24 +14,27 @@ import torch
 
 from latent_diffusion.benchmarks import setup
 from latent_diffusion.benchmarks.timing import alternate, rate, ratio
-from latent_diffusion.diffusion import cfg_model_fn, create_diffusion, sample
+from latent_diffusion.diffusion import cfg_model_fn, create_diffusion
+from latent_diffusion.pipeline import LatentDiffusionPipeline
 
 
-def _denoiser(size, shape, device):
-    return setup.make_denoiser(size, shape).to(device).eval()
+def bench_pipeline(size, shape, device) -> LatentDiffusionPipeline:
+    """A pipeline around an untrained denoiser (speed does not depend on the weights), with
+    the default diffusion; no VAE: decoding is timed in the vae part."""
+    model = setup.make_denoiser(size, shape).to(device).eval()
+    return LatentDiffusionPipeline(model, create_diffusion(), list(setup.CLASSES), shape)
 
 
 def run_sample(cfg, device, vae, image_size: int) -> dict:
     shape = vae.latent_shape(image_size)
     size, n, w = cfg.sample.model, int(cfg.sample.n_images), float(cfg.sample.guidance)
-    model = _denoiser(size, shape, device)
-    diffusion = create_diffusion()
-    y = torch.arange(n, device=device) % setup.NUM_CLASSES  # (n,)
-    null = model.null_class
+    pipe = bench_pipeline(size, shape, device)
+    labels = [i % setup.NUM_CLASSES for i in range(n)]
 
     def sampler(name, steps, guidance):
-        fn = cfg_model_fn(model, y, null, guidance)
-        return lambda: sample(name, diffusion, fn, (n, *shape), steps=steps, device=device)
+        # latents only: the sampler and guidance are what this part times
+        return lambda: pipe(labels, num_inference_steps=steps, guidance_scale=guidance, sampler=name,
+                            batch_size=n, output_type="latent")
 
     variants = {}
     for spec in cfg.sample.samplers:
@@ -51,7 +54,8 @@ def run_sample(cfg, device, vae, image_size: int) -> dict:
             # time ratio guided / unguided = inverse of the images/s ratio
             ratios[f"guided_over_unguided_time[{k[:-7]}]"] = ratio(ips[k[:-7]], ips[k])
     return {"model": size, "n_images": n, "guidance": w, "latent_shape": list(shape),
-            "variants": res, "ratios": ratios, "guidance_forward": guidance_forward(cfg, device, model, shape)}
+            "variants": res, "ratios": ratios,
+            "guidance_forward": guidance_forward(cfg, device, pipe.denoiser, shape)}
 
 
 def guidance_forward(cfg, device, model, shape) -> dict:

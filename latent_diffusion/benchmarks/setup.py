@@ -58,26 +58,19 @@ def make_denoiser(size: str, shape: tuple[int, int, int], channel_mult=None, cha
                         learn_sigma=True, **extra)
 
 
-def make_module(denoiser, latent_shape, vae=None, compile: bool = False):
-    """Our LatentDiffusion LightningModule around `denoiser` (default diffusion config)."""
+def make_module(denoiser, latent_shape, vae=None, compile: bool = False, fused: bool = False):
+    """Our LatentDiffusion LightningModule around `denoiser`: default diffusion config, AdamW
+    as conf/train.yaml (fused: the CUDA kernel), its own LR warm-up."""
     from latent_diffusion.lit.module import LatentDiffusion
 
     if compile:
         denoiser = torch.compile(denoiser)
+    kw = {"fused": True} if fused else {}
     return LatentDiffusion(
         denoiser=denoiser, diffusion=create_diffusion(),
-        optimizer=lambda params: torch.optim.AdamW(params, lr=2e-4),
+        optimizer=lambda params: torch.optim.AdamW(params, lr=2e-4, **kw),
         class_names=list(CLASSES), latent_shape=latent_shape, vae=vae, warmup_steps=200,
     )
-
-
-def make_optimizer(module, fused: bool = False):
-    """AdamW as conf/train.yaml, with the LR warm-up of configure_optimizers."""
-    kw = {"fused": True} if fused else {}
-    opt = torch.optim.AdamW(module.denoiser.parameters(), lr=2e-4, **kw)
-    warm = max(1, module.warmup_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
-    return opt, sched
 
 
 def simulated_pixels(n: int, image_size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,10 +1,11 @@
 """Training throughput: latent vs pixel, cached vs online, fp32 vs bf16, Lightning vs a bare loop.
 
 `BareStep` is the training step with nothing around it: the module's own
-latents_from_batch and the diffusion's hybrid loss, backward, gradient
-clipping at 1.0 (conf/trainer/*.yaml), AdamW + LR warm-up, EMA update. It is
-what LatentDiffusion.training_step + Lightning's automatic optimisation do,
-minus Lightning and `self.log`, so Lightning/bare is the framework's overhead.
+`diffusion_loss` (latents, t, noise, hybrid loss), backward, gradient clipping
+at 1.0 (conf/trainer/*.yaml), the module's own optimizer and LR warm-up
+(`configure_optimizers`) and EMA update. It is what LatentDiffusion.training_step
++ Lightning's automatic optimisation do, minus Lightning and `self.log`, so
+Lightning/bare is the framework's overhead.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from latent_diffusion.benchmarks.timing import alternate, rate, ratio, sync
 class BareStep:
     """One optimisation step of `module` on a batch, in plain PyTorch."""
 
-    def __init__(self, module, device: torch.device, bf16: bool = False, fused: bool = False):
+    def __init__(self, module, device: torch.device, bf16: bool = False):
         self.module = module.to(device).train()
         if module.vae is not None:
             module.vae.to(device)
         self.device = device
         self.bf16 = bf16
-        self.opt, self.sched = setup.make_optimizer(module, fused=fused)
+        opt = module.configure_optimizers()
+        self.opt, self.sched = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
 
     def autocast(self):
         if not self.bf16:
@@ -38,10 +40,7 @@ class BareStep:
     def __call__(self, batch: dict) -> torch.Tensor:
         m = self.module
         with self.autocast():
-            z = m.latents_from_batch(batch)  # (B, c, h, w)
-            t, w = m.diffusion.timestep_sampler.sample(z.shape[0], device=z.device)  # (B,), (B,)
-            losses = m.diffusion.training_losses(lambda x_t, tt: m.denoiser(x_t, tt, batch["y"]), z, t)
-            loss = (losses["loss"] * w).mean()
+            loss, _, _ = m.diffusion_loss(batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(m.denoiser.parameters(), 1.0)
