@@ -32,7 +32,7 @@ def resolve_ckpt_path(ckpt_path, output_dir: str | Path):
         log.info("SLURM_RESTART_COUNT=%s: a requeued job, resuming as with ckpt_path=last",
                  os.environ["SLURM_RESTART_COUNT"])
         ckpt_path = "last"
-    if ckpt_path in ("last", "auto"):
+    if ckpt_path == "last":
         from latent_diffusion.utils.io import stale_temporaries
 
         out = Path(output_dir)
@@ -48,8 +48,20 @@ def resolve_ckpt_path(ckpt_path, output_dir: str | Path):
         log.info("ckpt_path=%s: no %s yet, starting fresh", ckpt_path, out / "checkpoints" / "last.ckpt")
         return None
     if not Path(ckpt_path).is_file():
-        raise UserError(f"ckpt_path={ckpt_path}: no such checkpoint file; give a .ckpt path or 'last'")
+        raise UserError(f"ckpt_path={ckpt_path}: no such checkpoint file; give a .ckpt path, 'last' "
+                        "(resume the run's newest checkpoint, or start fresh if it has none) or null")
     return str(ckpt_path)
+
+
+def check_latents_mode(cfg: DictConfig) -> None:
+    """data.latents must agree with the VAE choice; said before a VAE is trained or loaded."""
+    mode, no_vae = cfg.data.get("latents"), cfg.vae.get("name") == "none"
+    if no_vae and mode != "pixel":
+        raise UserError(f"data.latents={mode} needs a VAE, but vae=none trains in pixel space; "
+                        "pass data.latents=pixel with vae=none (experiment=pixel_baseline does)")
+    if not no_vae and mode == "pixel":
+        raise UserError(f"data.latents=pixel trains on pixels, but vae={cfg.vae.get('name')} is a latent "
+                        "model; use data.latents=online or cached, or vae=none for a pixel-space baseline")
 
 
 def build(cfg: DictConfig):
@@ -57,22 +69,18 @@ def build(cfg: DictConfig):
     from latent_diffusion.lit.checkpoint_io import AtomicCheckpointIO, ResumeState
     from latent_diffusion.lit.module import LatentDiffusion
     from latent_diffusion.lit.safe_load import run_signature
-    from latent_diffusion.vae.resolve import frozen_vae_for
+    from latent_diffusion.vae.resolve import load_or_train_vae
 
+    check_latents_mode(cfg)
     torch.set_float32_matmul_precision(cfg.torch.matmul_precision)
     dm = instantiate(cfg.data)
     dm.prepare_data()
     dm.setup()
-    vae = frozen_vae_for(cfg, dm)  # None for a pixel-space baseline (vae=none)
+    vae = load_or_train_vae(cfg, dm)  # None for a pixel-space baseline (vae=none)
     if vae is None:
-        if dm.latents == "cached":
-            raise UserError("data.latents=cached needs a VAE; with vae=none use data.latents=pixel")
-        dm.latents = "pixel"
         latent_shape = (dm.channels, dm.image_size, dm.image_size)
     else:
         latent_shape = vae.latent_shape(dm.image_size)
-        if dm.latents == "pixel":
-            dm.latents = "online"
         if dm.latents == "cached":
             dm.use_latent_cache(vae, Path(cfg.paths.cache_dir) / "latents")
 
@@ -149,8 +157,10 @@ def train(cfg: DictConfig) -> dict:
 
 def _finish_wandb(trainer) -> None:
     """Close the wandb run so multirun jobs do not share one."""
+    from lightning.pytorch.loggers import WandbLogger
+
     for logger in trainer.loggers:
-        if type(logger).__name__ == "WandbLogger":
+        if isinstance(logger, WandbLogger):
             import wandb
 
             if wandb.run is not None:

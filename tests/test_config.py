@@ -77,3 +77,17 @@ def test_quality_callback_shares_evaluate_domain_classifier():
     assert dict(cb.domain_metrics.classifier) == dict(ev.classifier)
     raw = OmegaConf.to_container(cb.domain_metrics, resolve=False)
     assert raw["cache_dir"] == OmegaConf.to_container(ev, resolve=False)["cache_dir"]
+
+
+@pytest.mark.parametrize(("overrides", "needle"), [
+    (["vae=none"], "data.latents=online needs a VAE, but vae=none"),
+    (["vae=none", "data.latents=cached"], "data.latents=cached needs a VAE"),
+    (["data.latents=pixel"], "data.latents=pixel trains on pixels, but vae=f4"),
+])
+def test_data_latents_that_contradict_the_vae_choice_are_refused_not_rewritten(overrides, needle):
+    from latent_diffusion.train import check_latents_mode
+    from latent_diffusion.utils.errors import UserError
+
+    with pytest.raises(UserError, match=needle):
+        check_latents_mode(_compose("train", overrides))
+    check_latents_mode(_compose("train", ["experiment=pixel_baseline"]))  # the documented way: accepted

@@ -40,8 +40,9 @@ def default_vae_dir(cfg: DictConfig, fingerprint: dict) -> Path:
     return Path(cfg.paths.cache_dir) / "vae" / f"{cfg.vae.name}-{key}"
 
 
-def frozen_vae_for(cfg: DictConfig, dm) -> FrozenVAE | None:
-    """The frozen VAE of a diffusion run (see module doc); None for vae=none."""
+def load_or_train_vae(cfg: DictConfig, dm) -> FrozenVAE | None:
+    """The frozen VAE of a diffusion run (see module doc): loaded, or trained first when the
+    project's own VAE for this recipe + data + seed does not exist yet; None for vae=none."""
     if cfg.vae.get("name") == "none":
         return None
     path = cfg.vae.get("path")
