@@ -23,6 +23,8 @@ from collections.abc import Sequence
 
 import torch
 from diffusers import UNet2DModel
+from diffusers.models.attention_processor import Attention
+from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
 from latent_diffusion.utils.errors import UserError
@@ -217,11 +219,10 @@ class ADMUNet(nn.Module):
         every attention output projection and the output conv start at zero, so each
         block starts as the identity and the initial prediction is exactly 0."""
         for module in self.unet.modules():
-            conv2 = getattr(module, "conv2", None)
-            if module.__class__.__name__ == "ResnetBlock2D" and conv2 is not None:
-                nn.init.zeros_(conv2.weight)
-                nn.init.zeros_(conv2.bias)
-            if module.__class__.__name__ == "Attention":
+            if isinstance(module, ResnetBlock2D):
+                nn.init.zeros_(module.conv2.weight)
+                nn.init.zeros_(module.conv2.bias)
+            if isinstance(module, Attention):
                 nn.init.zeros_(module.to_out[0].weight)
                 nn.init.zeros_(module.to_out[0].bias)
         nn.init.zeros_(self.unet.conv_out.weight)
