@@ -35,7 +35,7 @@ from latent_diffusion.pipeline import (
     read_export_meta,
 )
 from latent_diffusion.utils.errors import UserError
-from latent_diffusion.utils.io import atomic_dir, atomic_write_json
+from latent_diffusion.utils.io import atomic_dir, atomic_write_json, check_replaceable
 from latent_diffusion.utils.pixels import png_bytes
 
 log = logging.getLogger(__name__)
@@ -123,21 +123,7 @@ def default_out_dir(export_path: Path, sampler: str, steps: int, guidance: float
 
 def check_out_dir(out: Path) -> None:
     """Refuse to replace a non-empty folder that `sample` did not write."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise UserError(f"out_dir={out} is a file; choose a folder path")
-    if not any(out.iterdir()):
-        return
-    try:
-        writer = json.loads((out / "metadata.json").read_text()).get("writer")
-    except (OSError, ValueError, AttributeError):
-        writer = None
-    if writer != WRITER:
-        raise UserError(
-            f"out_dir={out} exists, is not empty and was not written by sample; "
-            "choose another out_dir or remove that folder first"
-        )
+    check_replaceable(out, WRITER, "sample")
 
 
 def write_samples(out: Path, images: np.ndarray, items: Sequence[tuple[int, int]], class_names: list[str],

@@ -1,6 +1,6 @@
 """python -m latent_diffusion.simulate out_dir=D n_per_class=N image_size=S seed=K classes=[walk,run]
 
-Writes a simulated data set in image-folder layout (design.md section 3):
+Writes a simulated data set in the layout data=image_folder reads:
 D/<class>/<class>_<index:05d>.png (8-bit grey, row 0 = +v_max), D/metadata.json
 (classes, radar parameters, per-sample parameters) and D/preview.png (one row
 per class). The folder is built under a temporary name and renamed into place;
@@ -10,7 +10,6 @@ an existing non-empty folder is replaced only if `simulate` wrote it.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import os
@@ -23,16 +22,11 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
 
 from latent_diffusion.utils.errors import UserError, report_user_errors
-from latent_diffusion.utils.io import atomic_dir
+from latent_diffusion.utils.io import atomic_dir, check_replaceable
+from latent_diffusion.utils.pixels import png_bytes
 
 log = logging.getLogger(__name__)
 MARKER = "latent_diffusion.simulate"  # metadata["writer"]: folders we may replace
-
-
-def _png(img_u8: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(img_u8, mode="L").save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def to_u8(pix_u16: np.ndarray) -> np.ndarray:
@@ -53,21 +47,6 @@ def preview_grid(rows: list[np.ndarray], names: list[str], pad: int = 2, label_w
     return grid
 
 
-def _check_out_dir(out: Path) -> None:
-    if not out.exists() or not any(out.iterdir()):
-        return
-    meta = out / "metadata.json"
-    try:
-        writer = json.loads(meta.read_text()).get("writer")
-    except (OSError, ValueError):
-        writer = None
-    if writer != MARKER:
-        raise UserError(
-            f"out_dir={out} exists, is not empty and was not written by simulate; "
-            "choose another out_dir or remove that folder first"
-        )
-
-
 def simulate(cfg: DictConfig) -> Path:
     from latent_diffusion.data.simulator import CLASSES, RadarConfig, generate
 
@@ -84,7 +63,7 @@ def simulate(cfg: DictConfig) -> Path:
     if cfg.split not in ("train", "val", "test"):
         raise UserError(f"split={cfg.split!r} must be train, val or test")
     radar = RadarConfig.make(OmegaConf.to_container(cfg.radar) if cfg.radar else None)
-    _check_out_dir(out)
+    check_replaceable(out, MARKER, "simulate")
 
     t0 = time.time()
     workers = min(8, os.cpu_count() or 1) if cfg.workers is None else int(cfg.workers)
@@ -100,7 +79,7 @@ def simulate(cfg: DictConfig) -> Path:
             idx = np.flatnonzero(labels == ci)
             for i, k in enumerate(idx):
                 name = f"{c}/{c}_{i:05d}.png"
-                (tmp / name).write_bytes(_png(u8[k]))
+                (tmp / name).write_bytes(png_bytes(u8[k]))
                 samples.append({"file": name, "class": c, "index": i, "params": params[k]})
             rows.append(u8[idx[: int(cfg.preview_per_class)]])
         preview_grid(rows, classes).save(tmp / "preview.png")

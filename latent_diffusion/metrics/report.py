@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -10,18 +9,13 @@ from PIL import Image, ImageDraw
 
 from latent_diffusion.metrics.kinematics import STATS, UNITS
 from latent_diffusion.utils.io import atomic_write_bytes, atomic_write_json
+from latent_diffusion.utils.pixels import png_bytes
 
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
 
 
 def _f(v, nd=3) -> str:
     return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{nd}f}"
-
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 # ------------------------------------------------------------------ markdown
@@ -229,5 +223,5 @@ def write_report(m: dict, out_dir) -> Path:
     if "images" in arrays:
         figs["samples_real_vs_generated.png"] = sample_grid(arrays["images"]["real"], arrays["images"]["gen"], names)
     for name, fig in figs.items():
-        atomic_write_bytes(out / name, _png(fig))
+        atomic_write_bytes(out / name, png_bytes(fig))
     return out

@@ -118,6 +118,29 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
         shutil.rmtree(old, ignore_errors=True)
 
 
+def check_replaceable(out: str | os.PathLike, writer: str, command: str) -> None:
+    """Refuse to replace a non-empty folder that `command` did not write: its metadata.json
+    must name `writer`. What a user keeps in a folder is never deleted by a rerun."""
+    from latent_diffusion.utils.errors import UserError
+
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"out_dir={out} is a file; choose a folder path")
+    if not any(out.iterdir()):
+        return
+    try:
+        found = json.loads((out / "metadata.json").read_text()).get("writer")
+    except (OSError, ValueError, AttributeError):
+        found = None
+    if found != writer:
+        raise UserError(
+            f"out_dir={out} exists, is not empty and was not written by {command}; "
+            "choose another out_dir or remove that folder first"
+        )
+
+
 def stable_hash(obj: Any, n: int = 16) -> str:
     """Hash of a JSON-able object that does not depend on dict order or the process."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()

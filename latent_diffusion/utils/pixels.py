@@ -37,13 +37,13 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
     return ((x.float() + 1) / 2).clamp(0, 1)
 
 
-def png_bytes(img: np.ndarray) -> bytes:
-    """(H, W, C) or (H, W) uint8 -> PNG bytes: 8-bit grey for one channel (the readers'
-    convention), RGB / RGBA for 3 / 4."""
-    if img.ndim == 3 and img.shape[-1] == 1:
-        img = img[..., 0]
+def png_bytes(img: np.ndarray | Image.Image) -> bytes:
+    """A PIL image, or (H, W, C) / (H, W) uint8 -> PNG bytes: 8-bit grey for one channel (the
+    readers' convention), RGB / RGBA for 3 / 4."""
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img)
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
+    img.save(buf, format="PNG")
     return buf.getvalue()
 
 

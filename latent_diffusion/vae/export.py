@@ -29,8 +29,9 @@ from torchmetrics.functional.image import (
 
 from latent_diffusion.utils.errors import UserError
 from latent_diffusion.utils.io import atomic_dir, atomic_write_bytes, atomic_write_json
+from latent_diffusion.utils.pixels import to_unit
 from latent_diffusion.vae.interface import FrozenVAE
-from latent_diffusion.vae.module import bicubic_baseline, grid_png, to_unit
+from latent_diffusion.vae.module import bicubic_baseline, grid_png
 from latent_diffusion.vae.stats import STATS_FILE, save_latent_stats, vae_weights_hash
 
 log = logging.getLogger(__name__)

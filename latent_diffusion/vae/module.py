@@ -32,6 +32,7 @@ from torch import nn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from latent_diffusion.utils.io import atomic_write_bytes
+from latent_diffusion.utils.pixels import png_bytes, to_unit
 from latent_diffusion.vae.stats import batch_images
 
 log = logging.getLogger(__name__)
@@ -65,11 +66,6 @@ def build_autoencoder(
 # ------------------------------------------------------------------ reference numbers
 
 
-def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> [0, 1]: PSNR and SSIM are reported on the [0, 1] image (data_range 1)."""
-    return ((x.float() + 1) / 2).clamp(0, 1)
-
-
 def bicubic_baseline(x: torch.Tensor, latent_values: int) -> torch.Tensor:
     """Area-down-sample x to as many values as its latent holds, bicubic back up.
 
@@ -92,10 +88,7 @@ def grid_png(rows: list[torch.Tensor], upscale: int = 3, gap: int = 2) -> bytes:
                 to_unit(imgs[i, 0]).cpu().numpy()
             )
     img = Image.fromarray((canvas * 255).round().astype(np.uint8))
-    img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+    return png_bytes(img.resize((img.width * upscale, img.height * upscale), Image.NEAREST))
 
 
 # ------------------------------------------------------------------ losses
@@ -300,4 +293,4 @@ class VAETrainer(L.LightningModule):
         return [opt_g, opt_d]
 
 
-__all__ = ["PatchDiscriminator", "VAETrainer", "bicubic_baseline", "build_autoencoder", "grid_png", "to_unit"]
+__all__ = ["PatchDiscriminator", "VAETrainer", "bicubic_baseline", "build_autoencoder", "grid_png"]
