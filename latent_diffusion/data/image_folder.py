@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from latent_diffusion.data.readers import ALL_EXTS, read_spectrogram, to_unit
+from latent_diffusion.data.readers import ALL_EXTS, db_normalise, read_spectrogram
 from latent_diffusion.data.source import SPLITS, register_source
 from latent_diffusion.data.splits import load_split, save_split, stratified_split
 from latent_diffusion.utils.errors import UserError
@@ -113,7 +113,7 @@ class ImageFolderSource:
             transpose=bool(transpose), dynamic_range_db=float(dynamic_range_db), variable=variable,
             colormaps=tuple(colormaps), max_residual=float(max_residual), crop_to_plot=bool(crop_to_plot),
         )  # fmt: skip
-        to_unit(np.ones((1, 1)), value_kind, dynamic_range_db)  # validate the options up front
+        db_normalise(np.ones((1, 1)), value_kind, dynamic_range_db)  # validate the options up front
         self.strict = bool(strict)
         files, self.class_names, self.layout = self._discover(exts, classes)
         self._class_of = {rel: c for rel, c in files}

@@ -1,6 +1,6 @@
 """Readers for real micro-Doppler data: images, .npy/.npz arrays, MATLAB .mat files.
 
-Every reader ends in the simulator's convention (design.md section 6): a
+Every reader ends in the simulator's convention, so real and simulated data mix: a
 float32 (H, W) image in [0, 1] that is 20 log10(|S| / max) clipped to
 [-D, 0] dB and mapped linearly to [0, 1], rows = Doppler (+ towards the radar
 at the top), columns = time. Images already encode that scalar (grey level
@@ -153,7 +153,7 @@ def guess_value_kind(a: np.ndarray) -> str:
     return "db" if np.nanmin(a) < 0 else "magnitude"
 
 
-def to_unit(a: np.ndarray, value_kind: str = "auto", dynamic_range_db: float = 45.0, path="array"):
+def db_normalise(a: np.ndarray, value_kind: str = "auto", dynamic_range_db: float = 45.0, path="array"):
     """Spectrogram values -> float32 in [0, 1]: 20 log10(|S| / max) clipped to [-D, 0] dB, / D + 1.
 
     magnitude: |S| (complex STFT or its modulus); power: |S|^2 (10 log10);
@@ -232,7 +232,7 @@ def read_spectrogram(
             "or not what its extension says: replace or remove it (or set data.strict=false to skip it)"
         ) from None
     info["value_kind"] = guess_value_kind(a) if kind == "auto" else kind
-    x = to_unit(a, kind, dynamic_range_db, path)
+    x = db_normalise(a, kind, dynamic_range_db, path)
     if transpose:
         x = x.T
     if flip_doppler:

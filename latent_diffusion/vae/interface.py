@@ -275,9 +275,6 @@ class FrozenVAE:
         shift, scale = self._shift.to(mean.device), self._scale.to(mean.device)
         return (mean - shift) * scale, std * scale
 
-    def scale_latents(self, z: torch.Tensor) -> torch.Tensor:
-        return (z - self._shift.to(z.device)) * self._scale.to(z.device)
-
     def unscale_latents(self, z: torch.Tensor) -> torch.Tensor:
         return z / self._scale.to(z.device) + self._shift.to(z.device)
 
