@@ -5,7 +5,7 @@ Every denoiser has the same call: `model(x (B,C,H,W), t (B,) long, y (B,) long |
 (`model.null_class == num_classes`) and drops labels to it with probability
 `p_uncond` in training mode only, for classifier-free guidance.
 
-Sizes differ only in numbers (design.md section 4): `MODELS` maps a size name to
+Sizes differ only in numbers, so one code path is tested for all: `MODELS` maps a size name to
 the architecture numbers, the way DiT's `DiT_models` does, and conf/model/<name>.yaml
 spells the same numbers out so Hydra can print and override them.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from latent_diffusion.models.unet import ADMUNet, LabelDropout, drop_labels
+from latent_diffusion.models.unet import ADMUNet, ConditionalDenoiser, LabelDropout, drop_labels
 from latent_diffusion.utils.errors import UserError
 
 # ----------------------------------------------------------------------------
@@ -47,12 +47,6 @@ MODELS: dict[str, dict[str, Any]] = {
         p_uncond=0.1,
     ),
 }
-
-# Filled by the training code: in_channels from the VAE (or 1 for pixel baselines),
-# num_classes from the data, sample_size from the latent (or image) size,
-# learn_sigma from the diffusion config.
-FILLED_BY_TRAINING = ("in_channels", "num_classes", "sample_size", "learn_sigma")
-
 
 def build_denoiser(
     arch: str = "adm_unet",
@@ -92,6 +86,6 @@ def create_model(size: str, **kwargs: Any) -> nn.Module:
 
 
 __all__ = [
-    "ADMUNet", "LabelDropout", "drop_labels", "MODELS", "FILLED_BY_TRAINING",
+    "ADMUNet", "ConditionalDenoiser", "LabelDropout", "drop_labels", "MODELS",
     "build_denoiser", "create_model",
 ]

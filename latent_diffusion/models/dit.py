@@ -24,11 +24,11 @@ import torch
 from diffusers import DiTTransformer2DModel
 from torch import nn
 
-from latent_diffusion.models.unet import LabelDropout
+from latent_diffusion.models.unet import ConditionalDenoiser
 from latent_diffusion.utils.errors import UserError
 
 
-class DiT(nn.Module):
+class DiT(ConditionalDenoiser):
     """forward(x (B,C,H,W), t (B,) long, y (B,) long | None) -> (B, C_out, H, W)."""
 
     def __init__(
@@ -60,11 +60,7 @@ class DiT(nn.Module):
             raise UserError(
                 f"sample_size={sample_size} is not divisible by model.patch_size={patch_size}"
             )
-        self.in_channels = in_channels
-        self.out_channels = 2 * in_channels if learn_sigma else in_channels
-        self.num_classes = num_classes
-        self.learn_sigma = learn_sigma
-        self.label_dropout = LabelDropout(p_uncond, null_id=num_classes)
+        self._init_conditioning(in_channels, num_classes, learn_sigma, p_uncond)
         self.dit = DiTTransformer2DModel(
             num_attention_heads=hidden_size // head_dim,
             attention_head_dim=head_dim,
@@ -84,19 +80,9 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    @property
-    def null_class(self) -> int:
-        return self.num_classes
-
-    @property
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
     ) -> torch.Tensor:
         """x: (B, C, H, W); t: (B,) long; y: (B,) long or None (= null class)."""
-        if y is None:
-            y = torch.full((x.shape[0],), self.null_class, dtype=torch.long, device=x.device)
-        y = self.label_dropout(y)  # (B,), one drop shared by all blocks
+        y = self.conditioning_labels(y, x.shape[0], x.device)  # (B,), one drop shared by all blocks
         return self.dit(x, timestep=t, class_labels=y).sample  # (B, C_out, H, W)

@@ -136,7 +136,36 @@ def _check_geometry(
 # ----------------------------------------------------------------------------
 
 
-class ADMUNet(nn.Module):
+class ConditionalDenoiser(nn.Module):
+    """What every denoiser shares: the call model(x, t, y) with y None meaning the null
+    class, the null class as label num_classes, the label drop (training mode only), and
+    the channel bookkeeping the export reads back (in / out channels, learn_sigma)."""
+
+    def _init_conditioning(self, in_channels: int, num_classes: int, learn_sigma: bool, p_uncond: float):
+        self.in_channels = in_channels
+        self.out_channels = 2 * in_channels if learn_sigma else in_channels
+        self.num_classes = num_classes
+        self.learn_sigma = learn_sigma
+        self.label_dropout = LabelDropout(p_uncond, null_id=num_classes)
+
+    @property
+    def null_class(self) -> int:
+        """Label of the unconditional branch of classifier-free guidance."""
+        return self.num_classes
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def conditioning_labels(self, y: torch.Tensor | None, batch: int, device) -> torch.Tensor:
+        """(B,) labels the network sees: the null class for y None, else y with the label
+        drop of classifier-free guidance applied in training mode."""
+        if y is None:
+            y = torch.full((batch,), self.null_class, dtype=torch.long, device=device)
+        return self.label_dropout(y)
+
+
+class ADMUNet(ConditionalDenoiser):
     """eps/v/x0 (+ variance interpolation) predictor: forward(x, t, y) -> (B, C_out, H, W).
 
     in_channels: latent channels (4) or pixel channels (1) for pixel baselines.
@@ -176,11 +205,7 @@ class ADMUNet(nn.Module):
         if num_classes < 1:
             raise UserError(f"num_classes={num_classes}: the data set must have at least one class")
 
-        self.in_channels = in_channels
-        self.out_channels = 2 * in_channels if learn_sigma else in_channels
-        self.num_classes = num_classes
-        self.learn_sigma = learn_sigma
-        self.label_dropout = LabelDropout(p_uncond, null_id=num_classes)
+        self._init_conditioning(in_channels, num_classes, learn_sigma, p_uncond)
 
         # Level i: resnets (+ attention) then a BigGAN-style resblock down-sample
         # (ResnetBlock2D(down=True)); the up path mirrors it with num_res_blocks+1
@@ -228,23 +253,12 @@ class ADMUNet(nn.Module):
         nn.init.zeros_(self.unet.conv_out.weight)
         nn.init.zeros_(self.unet.conv_out.bias)
 
-    @property
-    def null_class(self) -> int:
-        """Label of the unconditional branch of classifier-free guidance."""
-        return self.num_classes
-
-    @property
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
     ) -> torch.Tensor:
         """x: (B, C, H, W) noisy latents; t: (B,) long in [0, T) (float when the diffusion
         rescales timesteps); y: (B,) long in [0, num_classes] or None (= null class)."""
-        if y is None:
-            y = torch.full((x.shape[0],), self.null_class, dtype=torch.long, device=x.device)
-        y = self.label_dropout(y)  # (B,), null class with prob p_uncond in training only
+        y = self.conditioning_labels(y, x.shape[0], x.device)  # (B,), null with prob p_uncond in training
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         out = self.unet(x, t, class_labels=y).sample  # (B, C_out, H, W)
