@@ -1,7 +1,7 @@
 """`python -m latent_diffusion.bench quick=true` through the real CLI: the JSON has every
 documented field, every throughput is positive and finite, and every ratio is the
-quotient of the same run's numbers. The speeds themselves are not asserted (design.md:
-speed targets live in bench, not in timed tests), except the guidance cost, which is
+quotient of the same run's numbers. The speeds themselves are not asserted (a shared CI
+machine's timings are noise; `bench` measures them, docs/benchmarks.md reports them), except the guidance cost, which is
 structural: one batched forward of 2B, not more than two forwards of B."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Side-by-side timing: warm-up, alternating repetitions, medians, peak memory.
 
-On a shared machine (design.md: timings here are noisy) the absolute time of a
+On a shared machine the absolute time of a
 variant drifts with the load of the moment. Comparing two variants measured
 minutes apart mixes that drift into the ratio; running them in alternation,
 A B A B ... (rotating the order each round so neither always goes first), and

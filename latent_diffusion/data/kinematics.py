@@ -290,7 +290,7 @@ def sit_down(t, p, body):
 
 
 def stand_up(t, p, body):
-    """The time reverse of sit_down with the same parameters (design.md section 6)."""
+    """The time reverse of sit_down with the same parameters: the same person, the same chair."""
     joints = sit_down(t[0] + t[-1] - t, p, body)  # t -> T - t on the same grid
     return joints
 

@@ -2,7 +2,7 @@
 
 What is stored is the RAW posterior (mean, std) of the frozen VAE, not a
 sample: a sample would freeze one draw of the encoder's noise for the whole
-training run (design.md section 5). The module draws z = mean + std * eps each
+training run. The module draws z = mean + std * eps each
 step. Scale and shift are applied when the cache is read, so re-measured
 latent statistics never make a cache stale; the weights hash, the data
 fingerprint and the split name key the file, so another VAE or other data

@@ -86,7 +86,7 @@ def echo(joints, pose, radar_pos, wavelength, snr_db, clutter_db, rng, factor=1)
     snr_db: mean body return power over noise power per pulse.
     clutter_db: stationary (zero-Doppler) return power relative to the body return;
     no 2-pulse canceller is applied, so slow activities keep their low-Doppler
-    energy (design.md section 6)."""
+    energy (sitting down, standing up and picking up are mostly slow motion)."""
     centres, axes, half, radii = scatterers(joints)  # body frame
     rot, origin = pose
     rel = np.einsum("ktd,de->kte", centres, rot) + (origin - radar_pos)  # (K, T_kin, 3) from the radar

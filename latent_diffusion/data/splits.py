@@ -2,7 +2,7 @@
 
 Micro-Doppler signatures are personal (height, gait, arm swing): a subject
 seen in training and again in test inflates every score, so when file names
-carry a subject id, whole subjects go to one split (design.md section 6). The
+carry a subject id, whole subjects go to one split. The
 split is written to JSON with file paths relative to the data root so a rerun,
 another machine or a reviewer uses exactly the same files.
 """

@@ -3,7 +3,7 @@
 Rows are radial velocity (+ towards the radar at the top), columns are time.
 A horizontal flip reverses time (a person sitting down becomes one standing
 up) and a vertical flip swaps approaching and receding, so neither is on by
-default (design.md section 5). A circular shift in time keeps the physics of
+default. A circular shift in time keeps the physics of
 periodic activities and is the one mild default-off augmentation we offer.
 """
 

@@ -151,7 +151,7 @@ class GaussianDiffusion:
             x0 = pred
         else:
             x0 = self.x0_from_v(x_t, t, pred)
-        if self.clip_x0:  # pixels only; off in latent space (design.md sec. 5)
+        if self.clip_x0:  # pixels only: latents are unbounded, clamping them would bias x0
             x0 = x0.clamp(-1, 1)
         eps = pred if (self.prediction == "eps" and not self.clip_x0) else self.eps_from_x0(x_t, t, x0)
         return x0, eps

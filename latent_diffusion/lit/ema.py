@@ -2,7 +2,7 @@
 
 theta_ema <- beta * theta_ema + (1 - beta) * theta, after every optimizer step.
 Samples come from theta_ema (ADM, DDPM, DiT all do). Two things differ from the
-obvious implementation, both from design.md section 5:
+obvious implementation:
 
 - Warm-up: beta_n = min(decay, (1 + n) / (10 + n)) (the TensorFlow / DDPM
   schedule). With a flat 0.9999 the average is still ~37% the random init

@@ -2,7 +2,7 @@
 
 Inception-v3 features (Heusel et al. 2017) cannot be downloaded here and were
 learned on photographs; a classifier trained on real spectrograms measures the
-differences that matter for the task (design.md section 5). torchmetrics'
+differences that matter for the task. torchmetrics'
 FrechetInceptionDistance / KernelInceptionDistance accept any nn.Module with an
 integer `num_features` and, for a custom module, pass the images through
 untouched (no uint8 conversion, no resize): so this module takes the package's

@@ -1,6 +1,6 @@
 """Latent statistics: the shift and scale that make the denoiser's latents unit Gaussians.
 
-The denoiser is trained on z' = (z - shift) * scale (design.md section 4). LDM's
+The denoiser is trained on z' = (z - shift) * scale (Rombach et al. 2022). LDM's
 `scale_by_std` takes scale = 1 / std(z) from ONE batch on rank 0 and Stable
 Diffusion hard-codes 0.18215 for ITS VAE; neither holds for a VAE trained on
 spectrograms, whose channels have means from about -3 to +2 and stds from 0.9
