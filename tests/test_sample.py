@@ -381,6 +381,13 @@ def test_pipeline_arguments_names_generators_and_output_types(sample_src):
     pt = pipe([2], seed=1, output_type="pt", **kw).images
     assert pt.shape == (1, 1, 64, 64) and 0 <= float(pt.min()) and float(pt.max()) <= 1
     assert pipe([2], seed=1, output_type="latent", **kw).images.shape == (1, 4, 16, 16)
+    # evaluate's VAE-ceiling reference for run= is the pipeline's VAE (hash-checked)
+    from omegaconf import OmegaConf
+
+    from latent_diffusion.metrics.suite import load_vae
+
+    assert load_vae(OmegaConf.create({"run": str(sample_src), "vae_path": None})).weights_hash == \
+        pipe.vae.weights_hash
     for bad, needle in ((dict(class_labels=["swim"]), "class 'swim' is unknown"),
                         (dict(class_labels=[8]), "class index 8 is out of range"),
                         (dict(class_labels=[0], output_type="jpeg"), "output_type='jpeg'")):

@@ -122,11 +122,11 @@ class LatentDiffusion(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int):
         loss, t, losses = self.diffusion_loss(batch, *self.step_generators())
-        sampler = self.diffusion.timestep_sampler
-        if not isinstance(sampler, UniformSampler):
+        t_sampler = self.diffusion.timestep_sampler  # which t to train on, not an image sampler
+        if not isinstance(t_sampler, UniformSampler):
             # every rank must see the same loss history: gather before updating
             t_all, l_all = self.all_gather((t, losses["loss"].detach()))
-            sampler.update(t_all.reshape(-1), l_all.reshape(-1))
+            t_sampler.update(t_all.reshape(-1), l_all.reshape(-1))
         finite = bool(torch.isfinite(loss))
         if self.trainer.world_size > 1:
             # all ranks skip together: one rank skipping its backward would hang DDP's all-reduce

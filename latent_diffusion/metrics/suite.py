@@ -46,14 +46,11 @@ def load_vae(cfg: DictConfig):
     vae_path= overrides where it lives), else vae_path=, else None."""
     path = cfg.get("vae_path")
     if cfg.get("run"):
-        import json
+        from latent_diffusion.pipeline import LatentDiffusionPipeline
 
-        from latent_diffusion.lit.export import find_export
-        from latent_diffusion.vae.resolve import vae_from_reference
-
-        ref = json.loads((find_export(cfg.run) / "export.json").read_text()).get("vae")
-        if ref:
-            return vae_from_reference(ref, path_override=path)
+        vae = LatentDiffusionPipeline.load_vae(cfg.run, vae_path=path)
+        if vae is not None:
+            return vae
     if path is None:
         return None
     from latent_diffusion.vae.interface import FrozenVAE, LatentStatsWarning
