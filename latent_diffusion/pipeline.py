@@ -236,21 +236,20 @@ class LatentDiffusionPipeline:
         denoiser.eval().requires_grad_(False).to(device)
         diffusion = create_diffusion(**{k: v for k, v in meta["diffusion"].items() if k != "_target_"})
         vae = cls.load_vae(path, device, vae_path) if load_vae else None
+        if vae is not None:
+            check_export_meta(meta, path, vae)  # the VAE's latents vs the export's latent shape
         return cls(denoiser, diffusion, meta["class_names"], meta["latent_shape"], vae, meta, path)
 
     @staticmethod
     def load_vae(path, device="cpu", vae_path=None):
         """The frozen VAE an export names (None for a pixel-space model), its weights hash
-        checked and its latent shape checked against the export; also what `evaluate` uses
-        for the VAE-ceiling reference of a run."""
-        path, meta = read_export_meta(path)
+        checked; also what `evaluate` uses for the VAE-ceiling reference of a run."""
+        _, meta = read_export_meta(path)
         if not meta.get("vae"):
             return None
         from latent_diffusion.vae.resolve import vae_from_reference
 
-        vae = vae_from_reference(meta["vae"], device=device, path_override=vae_path)
-        check_export_meta(meta, path, vae)
-        return vae
+        return vae_from_reference(meta["vae"], device=device, path_override=vae_path)
 
     def save_pretrained(self, out_dir, run_config_yaml: str | None = None, **provenance) -> Path:
         """Write the export folder (see the module doc) under a temporary name and rename it
