@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from latent_diffusion.utils.errors import UserError
+from latent_diffusion.utils.pixels import from_uint8
 
 log = logging.getLogger(__name__)
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -97,5 +98,5 @@ def load_generated(path, class_names: list[str], image_size: int, resize: bool =
         log.warning("resizing generated images %s -> %dx%d (resize=true)", sizes, image_size, image_size)
         imgs = [np.asarray(Image.fromarray(im).resize((image_size, image_size), Image.BILINEAR, reducing_gap=None))
                 if im.shape != (image_size, image_size) else im for im in imgs]
-    x = torch.from_numpy(np.stack(imgs).astype(np.float32) / 127.5 - 1.0)[:, None]  # (N, 1, S, S)
+    x = from_uint8(np.stack(imgs)[..., None])  # (N, 1, S, S) float32 in [-1, 1]
     return x, torch.from_numpy(y), np.bincount(y, minlength=len(class_names))

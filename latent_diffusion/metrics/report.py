@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 
 from latent_diffusion.metrics.kinematics import STATS, UNITS
 from latent_diffusion.utils.io import atomic_write_bytes, atomic_write_json
-from latent_diffusion.utils.pixels import png_bytes
+from latent_diffusion.utils.pixels import png_bytes, to_uint8
 
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
 
@@ -197,7 +197,7 @@ def sample_grid(real: tuple, gen: tuple, names, per_class: int = 6) -> Image.Ima
         for side, (x, lab) in enumerate(((rx, ry), (gx, gy))):
             idx = np.flatnonzero(np.asarray(lab) == i)[:per_class]
             for j, k in enumerate(idx):
-                u8 = np.round((x[k, 0].numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
+                u8 = to_uint8(x[k:k + 1])[0, ..., 0]  # (H, W)
                 img.paste(Image.fromarray(u8, mode="L"), (left + (j + side * (per_class + 1)) * (s + pad), y))
     return img
 
