@@ -147,7 +147,7 @@ class FrozenVAE:
         """
         folder = resolve_vae_folder(path)
         try:
-            model = AutoencoderKL.from_pretrained(folder)
+            model = AutoencoderKL.from_pretrained(folder, low_cpu_mem_usage=False)  # no accelerate: no warning
         except Exception as err:  # diffusers raises many types for a broken folder
             raise UserError(
                 f"could not load an AutoencoderKL from {folder} ({type(err).__name__}: {err}); "

@@ -95,6 +95,8 @@ def vae_from_reference(ref: dict, device="cpu", path_override=None) -> FrozenVAE
 
     from latent_diffusion.vae.interface import resolve_vae_folder
 
-    model = AutoencoderKL.from_pretrained(resolve_vae_folder(path))
+    # low_cpu_mem_usage needs `accelerate` (not a dependency); asking for it off says so, instead
+    # of diffusers warning on every load that it is missing
+    model = AutoencoderKL.from_pretrained(resolve_vae_folder(path), low_cpu_mem_usage=False)
     stats = LatentStats.from_json(ref["latent_stats"])
     return FrozenVAE(model, stats, ref.get("data_channels", 1), found, Path(path)).to(device)
