@@ -365,6 +365,11 @@ def test_training_grid_quality_callback_and_sample_give_identical_images(sample_
     np.testing.assert_array_equal(cells, s["images"][..., 0])
     np.testing.assert_array_equal(scored, s["images"][..., 0])
     assert len(np.unique(scored)) > 20
+    # a bad sampler setting of either callback is refused at fit start, before any training step
+    with pytest.raises(UserError, match="sampler='euler' is not known"):
+        SampleGrid(sampler="euler").on_fit_start(None, module)
+    with pytest.raises(UserError, match="steps=5000: must be an integer in"):
+        DomainMetrics(every_n_steps=0, steps=5000).on_fit_start(None, module)
 
 
 @pytest.mark.slow

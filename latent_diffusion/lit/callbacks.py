@@ -30,6 +30,12 @@ class PeriodicSampling(L.Callback):
         self.seed = int(seed)
         self._last_step = -1
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # a bad sampler setting is said before the first training step, not at the first check
+        from latent_diffusion.pipeline import check_sampling_args
+
+        check_sampling_args(self.sampler, self.steps, self.guidance, 0.0, pl_module.diffusion.num_timesteps)
+
     def due(self, step: int) -> bool:
         return self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0
 

@@ -75,6 +75,7 @@ class DomainMetrics(PeriodicSampling):
         self._ready = True
 
     def on_fit_start(self, trainer, pl_module) -> None:
+        super().on_fit_start(trainer, pl_module)
         # The classifier (trained here when evaluate has not cached it yet) before the first
         # step, so its cost and any error come at the start, not in the middle of a run.
         if self.every_n_steps > 0 and trainer.is_global_zero and not self._ready:
