@@ -1,4 +1,4 @@
-"""python -m latent_diffusion.train_classifier denoiser_run=outputs/train/<run> classifier=small
+"""python -m latent_diffusion.train_classifier denoiser_run=outputs/train/<run> classifier_model=small
 
 guided-diffusion's classifier_train.py on latents: data -> frozen VAE (the denoiser run's,
 with its latent statistics) -> noisy latent classifier -> Trainer.fit -> classifier/ export
@@ -7,7 +7,6 @@ with its latent statistics) -> noisy latent classifier -> Trainer.fit -> classif
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -23,17 +22,20 @@ log = logging.getLogger(__name__)
 
 
 def adopt_denoiser_run(cfg: DictConfig):
-    """denoiser_run=<run>: its data, diffusion and seed replace ours -> the VAE reference to use
+    """denoiser_run=<run>: its data, VAE, diffusion and seed replace ours -> the VAE reference to use
     (None: resolve the VAE from cfg.vae, as `train` does)."""
     if not cfg.get("denoiser_run"):
         return None
-    from latent_diffusion.lit.export import find_export
+    from latent_diffusion.pipeline import read_export_meta
 
-    export = find_export(cfg.denoiser_run)
+    export, meta = read_export_meta(cfg.denoiser_run)
+    if not (export / "config.yaml").is_file():
+        raise UserError(f"denoiser_run={cfg.denoiser_run}: {export / 'config.yaml'} is missing, so its data "
+                        "config is unknown; give the data/vae/diffusion overrides of that run instead")
     run_cfg = OmegaConf.load(export / "config.yaml")
-    meta = json.loads((export / "export.json").read_text())
     with open_dict(cfg):
         cfg.data = run_cfg.data
+        cfg.vae = run_cfg.vae
         cfg.diffusion = run_cfg.diffusion
         cfg.seed = run_cfg.seed
     log.info("denoiser_run=%s: data, VAE, latent statistics and diffusion schedule taken from its export", export)
@@ -43,23 +45,23 @@ def adopt_denoiser_run(cfg: DictConfig):
 def build(cfg: DictConfig):
     """(datamodule, module, trainer) from the composed config."""
     from latent_diffusion.lit.classifier_module import NoisyClassifier
-    from latent_diffusion.vae.resolve import frozen_vae_for, vae_from_reference
+    from latent_diffusion.train import check_latents_mode
+    from latent_diffusion.vae.resolve import load_or_train_vae, vae_from_reference
 
     torch.set_float32_matmul_precision(cfg.torch.matmul_precision)
     vae_ref = adopt_denoiser_run(cfg)
+    check_latents_mode(cfg)
     dm = instantiate(cfg.data)
     dm.prepare_data()
     dm.setup()
     if dm.num_classes < 2:
         raise UserError(f"data: {dm.num_classes} class ({dm.class_names}); a classifier needs at least two")
-    vae = vae_from_reference(vae_ref) if vae_ref else frozen_vae_for(cfg, dm)
+    # the denoiser run's own VAE and latent statistics, hash-checked; else as `train` resolves it
+    vae = vae_from_reference(vae_ref) if vae_ref else load_or_train_vae(cfg, dm)
     if vae is None:
-        dm.latents = "pixel"
         latent_shape = (dm.channels, dm.image_size, dm.image_size)
     else:
         latent_shape = vae.latent_shape(dm.image_size)
-        if dm.latents == "pixel":
-            dm.latents = "online"
         if dm.latents == "cached":
             dm.use_latent_cache(vae, Path(cfg.paths.cache_dir) / "latents")
 
@@ -95,8 +97,9 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def train_classifier(cfg: DictConfig) -> dict:
-    from latent_diffusion.lit.classifier_export import export_classifier
+    from latent_diffusion.models.classifier_io import classifier_meta, save_classifier
     from latent_diffusion.train import resolve_ckpt_path
+    from latent_diffusion.vae.resolve import vae_reference
 
     check_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
@@ -107,7 +110,13 @@ def train_classifier(cfg: DictConfig) -> dict:
     metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()
                if k.startswith("val/") and v.numel() == 1}
     if trainer.is_global_zero:
-        export_classifier(module, cfg, cfg.export_dir, metrics)
+        meta = classifier_meta(module.class_names, module.latent_shape, cfg.data.image_size,
+                               OmegaConf.to_container(cfg.diffusion, resolve=True),
+                               vae_reference(module.vae) if module.vae is not None else None,
+                               global_step=int(module.global_step), small_t_power=float(cfg.small_t_power),
+                               latent_noise=float(cfg.latent_noise), validation=metrics)
+        with module.ema.swap_into(module.classifier):
+            save_classifier(module.classifier, meta, cfg.export_dir)
         log.info("classifier written to %s; validation %s", cfg.export_dir, metrics)
     return metrics
 

@@ -23,7 +23,7 @@ from torch import nn
 from latent_diffusion.models.unet import ADMUNet
 from latent_diffusion.utils.errors import UserError
 
-# Sizes by name, as models.MODELS; conf/classifier/<name>.yaml spells the same numbers out.
+# Sizes by name, as models.MODELS; conf/classifier_model/<name>.yaml spells the same numbers out.
 CLASSIFIERS: dict[str, dict[str, Any]] = {
     # CI and CPU runs on 4x16x16 latents
     "tiny": dict(base_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,),

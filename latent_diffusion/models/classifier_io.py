@@ -18,6 +18,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
+from latent_diffusion.models.classifier import build_classifier
 from latent_diffusion.utils.errors import UserError
 from latent_diffusion.utils.io import atomic_dir, atomic_write_json
 
@@ -26,29 +27,13 @@ CLASSIFIER_VERSION = 1
 SCHEDULE_KEYS = ("schedule", "timesteps", "rescale_timesteps")
 
 
-def export_classifier(module, cfg, export_dir, val_metrics: dict | None = None) -> Path:
-    """Write the EMA classifier and its metadata atomically to export_dir."""
-    from omegaconf import OmegaConf
-
-    from latent_diffusion.vae.resolve import vae_reference
-
-    diffusion = OmegaConf.to_container(cfg.diffusion, resolve=True)
-    meta = {
-        "version": CLASSIFIER_VERSION,
-        "class_names": module.class_names,
-        "latent_shape": list(module.latent_shape),
-        "image_size": int(cfg.data.image_size),
-        "classifier": dict(module.classifier.classifier_config),
-        "diffusion": {k: diffusion.get(k) for k in SCHEDULE_KEYS},
-        "vae": vae_reference(module.vae) if module.vae is not None else None,
-        "global_step": int(module.global_step),
-        "small_t_power": float(cfg.small_t_power),
-        "validation": val_metrics or {},
-    }
+def save_classifier(classifier, meta: dict, export_dir) -> Path:
+    """Write weights (the caller swaps the EMA in) and classifier.json atomically to export_dir;
+    meta gets the version and the classifier's own config added."""
+    meta = {"version": CLASSIFIER_VERSION, **meta, "classifier": dict(classifier.classifier_config)}
     export_dir = Path(export_dir)
     with atomic_dir(export_dir, overwrite=True) as tmp:
-        with module.ema.swap_into(module.classifier):
-            state = {k: v.detach().cpu().contiguous() for k, v in module.classifier.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in classifier.state_dict().items()}
         save_file(state, str(tmp / "classifier.safetensors"))
         atomic_write_json(tmp / "classifier.json", meta)
     return export_dir
@@ -66,8 +51,6 @@ def find_classifier(path) -> Path:
 
 def load_classifier(path, device="cpu"):
     """-> (classifier in eval mode without parameter grads, its metadata)."""
-    from latent_diffusion.models.classifier import build_classifier
-
     folder = find_classifier(path)
     meta = json.loads((folder / "classifier.json").read_text())
     model = build_classifier(**meta["classifier"])
@@ -80,6 +63,13 @@ def load_classifier(path, device="cpu"):
         raise UserError(f"{weights} does not match {folder / 'classifier.json'} ({str(err).splitlines()[0][:160]}): "
                         "the export was changed by hand; rerun train_classifier") from None
     return model.eval().requires_grad_(False).to(device), meta
+
+
+def classifier_meta(class_names, latent_shape, image_size: int, diffusion_cfg: dict, vae_ref: dict | None,
+                    **provenance) -> dict:
+    """What classifier.json records beside the weights (see the module doc)."""
+    return {"class_names": list(class_names), "latent_shape": list(latent_shape), "image_size": int(image_size),
+            "diffusion": {k: diffusion_cfg.get(k) for k in SCHEDULE_KEYS}, "vae": vae_ref, **provenance}
 
 
 def differences(classifier_meta: dict, export_meta: dict) -> list[str]:
