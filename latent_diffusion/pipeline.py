@@ -54,7 +54,14 @@ import torch
 from diffusers.utils import BaseOutput
 from PIL import Image
 
-from latent_diffusion.diffusion import DEFAULT_STEPS, cfg_model_fn, create_diffusion, sample
+from latent_diffusion.diffusion import (
+    DEFAULT_STEPS,
+    cfg_model_fn,
+    check_scale,
+    classifier_cond_fn,
+    create_diffusion,
+    sample,
+)
 from latent_diffusion.diffusion.samplers import generators_from_seeds
 from latent_diffusion.utils.errors import UserError
 from latent_diffusion.utils.io import atomic_dir, atomic_write_json, stable_hash
@@ -187,6 +194,8 @@ class LatentDiffusionPipeline:
         self.latent_shape = tuple(int(s) for s in latent_shape)
         self.config = dict(config or {})  # export.json: model / diffusion configs, provenance
         self.path = path
+        self.classifier = None  # a noisy latent classifier for classifier guidance (load_classifier)
+        self.classifier_meta: dict | None = None
 
     @property
     def meta(self) -> dict:
@@ -203,6 +212,8 @@ class LatentDiffusionPipeline:
 
     def to(self, device) -> LatentDiffusionPipeline:
         self.denoiser.to(device)
+        if self.classifier is not None:
+            self.classifier.to(device)
         if self.vae is not None:
             self.vae.to(device)
         return self
@@ -250,6 +261,23 @@ class LatentDiffusionPipeline:
         from latent_diffusion.vae.resolve import vae_from_reference
 
         return vae_from_reference(meta["vae"], device=device, path_override=vae_path)
+
+    def load_classifier(self, path) -> LatentDiffusionPipeline:
+        """Attach a noisy latent classifier (train_classifier's export) for classifier guidance.
+        Refused, with every difference listed, unless it was trained on this model's classes,
+        latent shape, VAE (weights and latent statistics) and noise schedule: otherwise its
+        gradient would be taken on latents it has never seen."""
+        from latent_diffusion.models.classifier_io import (
+            check_fits,
+            find_classifier,
+            load_classifier,
+        )
+
+        folder = find_classifier(path)
+        classifier, meta = load_classifier(folder, "cpu")
+        check_fits(meta, self.config, folder, self.path)
+        self.classifier, self.classifier_meta = classifier.to(self.device), {**meta, "path": str(folder)}
+        return self
 
     def save_pretrained(self, out_dir, run_config_yaml: str | None = None, **provenance) -> Path:
         """Write the export folder (see the module doc) under a temporary name and rename it
@@ -308,6 +336,7 @@ class LatentDiffusionPipeline:
         output_type: str = "pil",
         return_latents: bool = False,
         on_batch: Callable[[int], None] | None = None,
+        classifier_scale: float = 0.0,
     ) -> LatentDiffusionPipelineOutput:
         """Images of `class_labels` (names or indices, one per image).
 
@@ -317,12 +346,18 @@ class LatentDiffusionPipeline:
         (noise then depends on the batch). guidance_scale w: 1 = the conditional model alone,
         0 = unconditional, > 1 guided (one batched forward of [x; x] per step). eta: DDIM only.
         batch_size: images per forward; the images do not depend on it. on_batch(n): called
-        after each batch with its image count (progress bars).
+        after each batch with its image count (progress bars). classifier_scale s: classifier
+        guidance with the classifier of load_classifier, s grad log p(y | x_t) added to the score
+        (0 = none; 1 = p(x | y) for an exact classifier); it combines with guidance_scale.
         """
         if output_type not in OUTPUT_TYPES:
             raise UserError(f"output_type={output_type!r}: use one of {', '.join(OUTPUT_TYPES)}")
         labels = self.label_ids(class_labels)
         steps = check_sampling_args(sampler, num_inference_steps, guidance_scale, eta, self.num_timesteps)
+        classifier_scale = check_scale(classifier_scale)
+        if classifier_scale > 0 and self.classifier is None:
+            raise UserError(f"classifier_scale={classifier_scale:g} needs a classifier: pipe.load_classifier(PATH) "
+                            "(sample: classifier=PATH), or classifier_scale=0")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"batch_size={batch_size!r}: must be an integer >= 1")
         if indices is None:
@@ -347,8 +382,10 @@ class LatentDiffusionPipeline:
                 gens = list(generator[start:start + batch_size])
             y = torch.tensor(chunk, dtype=torch.long, device=device)  # (B,)
             fn = cfg_model_fn(self.denoiser, y, self.denoiser.null_class, float(guidance_scale))
+            # scale 0 passes no hook: the unguided sampler, without the classifier's cost
+            cond = classifier_cond_fn(self.classifier, y, classifier_scale) if classifier_scale > 0 else None
             z = sample(sampler, self.diffusion, fn, (len(chunk), *self.latent_shape), steps=steps,
-                       generators=gens, device=device, **kw)  # (B, c, h, w) float32
+                       generators=gens, device=device, cond_fn=cond, **kw)  # (B, c, h, w) float32
             zs.append(z.cpu())
             if output_type != "latent":
                 xs.append(self.decode(z).float().cpu())  # (B, C, H, W) in [-1, 1]

@@ -104,21 +104,45 @@ def pick_device(device: str | None, local_rank: int = 0) -> torch.device:
     return dev
 
 
+def resolve_classifier(classifier, classifier_scale, export_path: Path, meta: dict) -> tuple[Path | None, float]:
+    """classifier=PATH classifier_scale=S -> (classifier folder or None, scale), checked against the
+    export's classes, latent shape, VAE and schedule from the JSON files alone, before any loading.
+    classifier_scale null = 1 with a classifier (p(x | y) for an exact classifier)."""
+    from latent_diffusion.diffusion import check_scale
+    from latent_diffusion.models.classifier_io import check_fits, find_classifier
+
+    if classifier in (None, ""):
+        if classifier_scale not in (None, 0, 0.0):
+            raise UserError(f"classifier_scale={classifier_scale} needs classifier=PATH (a train_classifier run "
+                            "folder); drop classifier_scale or name the classifier")
+        return None, 0.0
+    scale = check_scale(1.0 if classifier_scale is None else classifier_scale)
+    folder = find_classifier(classifier)
+    check_fits(json.loads((folder / "classifier.json").read_text()), meta, folder, export_path)
+    if scale == 0:
+        log.warning("classifier_scale=0: the classifier is not used (the unguided sampler)")
+        return None, 0.0
+    return folder, scale
+
+
 # ------------------------------------------------------------------ sampling
 def generate(pipe, items: Sequence[tuple[int, int]], sampler: str, steps: int | None, guidance: float,
              seed: int, batch_size: int, eta: float = 0.0,
-             on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+             on_batch: Callable[[int], None] | None = None, classifier_scale: float = 0.0) -> np.ndarray:
     """Images (N, H, W, C) uint8 of `items` [(class index, index within class)] from the pipeline."""
     out = pipe([c for c, _ in items], num_inference_steps=steps, guidance_scale=guidance, sampler=sampler,
                seed=seed, indices=[k for _, k in items], eta=eta, batch_size=batch_size,
-               output_type="uint8", on_batch=on_batch)
+               output_type="uint8", on_batch=on_batch, classifier_scale=classifier_scale)
     return out.images if len(items) else np.zeros((0, 1, 1, 1), np.uint8)
 
 
 # ------------------------------------------------------------------ the output folder
-def default_out_dir(export_path: Path, sampler: str, steps: int, guidance: float, seed: int) -> Path:
-    """<run dir>/samples/<sampler>-<steps>-w<guidance>-seed<seed> (run dir = the export's parent)."""
-    return Path(export_path).parent / "samples" / f"{sampler}-{steps}-w{float(guidance):g}-seed{int(seed)}"
+def default_out_dir(export_path: Path, sampler: str, steps: int, guidance: float, seed: int,
+                    classifier_scale: float = 0.0) -> Path:
+    """<run dir>/samples/<sampler>-<steps>-w<guidance>[-cls<classifier scale>]-seed<seed>
+    (run dir = the export's parent)."""
+    cls = f"-cls{float(classifier_scale):g}" if classifier_scale else ""
+    return Path(export_path).parent / "samples" / f"{sampler}-{steps}-w{float(guidance):g}{cls}-seed{int(seed)}"
 
 
 def check_out_dir(out: Path) -> None:
@@ -206,7 +230,9 @@ def sample_run(cfg) -> Path | None:
     steps = check_args(sampler, cfg.steps, cfg.guidance, cfg.n_per_class, cfg.batch_size, cfg.eta, T)
     class_idx = resolve_classes(cfg.classes, list(meta["class_names"]))
     guidance, seed = float(cfg.guidance), int(cfg.seed)
-    out = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(export_path, sampler, steps or T, guidance, seed)
+    classifier, cls_scale = resolve_classifier(cfg.get("classifier"), cfg.get("classifier_scale"), export_path, meta)
+    out = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(export_path, sampler, steps or T, guidance, seed,
+                                                                cls_scale)
     check_out_dir(out)  # on every rank, so that none starts work rank 0 refuses
 
     device = pick_device(cfg.device, local)
@@ -221,6 +247,8 @@ def sample_run(cfg) -> Path | None:
     try:
         t0 = time.time()
         pipe = LatentDiffusionPipeline.from_pretrained(export_path, device=device)
+        if classifier is not None:
+            pipe.load_classifier(classifier)
         t_load = time.time() - t0
 
         items = plan(class_idx, int(cfg.n_per_class))
@@ -229,7 +257,7 @@ def sample_run(cfg) -> Path | None:
                    disable=rank != 0 or not cfg.progress, dynamic_ncols=True)
         t0 = time.time()
         part = generate(pipe, [items[i] for i in mine], sampler, steps, guidance, seed,
-                        int(cfg.batch_size), float(cfg.eta), on_batch=bar.update)
+                        int(cfg.batch_size), float(cfg.eta), on_batch=bar.update, classifier_scale=cls_scale)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t_sample = time.time() - t0
@@ -249,6 +277,8 @@ def sample_run(cfg) -> Path | None:
             "steps": steps or T,
             "training_timesteps": T,
             "guidance": guidance,
+            "classifier": str(classifier.resolve()) if classifier is not None else None,
+            "classifier_scale": cls_scale,
             "eta": float(cfg.eta) if sampler == "ddim" else None,
             "seed": seed,
             "image_seed": IMAGE_SEED_RULE,

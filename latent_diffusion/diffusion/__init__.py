@@ -1,7 +1,13 @@
-"""Noise schedules, the hybrid training objective, samplers and classifier-free guidance."""
+"""Noise schedules, the hybrid training objective, samplers, classifier-free and classifier guidance."""
 
 from __future__ import annotations
 
+from latent_diffusion.diffusion.classifier_guidance import (
+    check_scale,
+    classifier_cond_fn,
+    condition_mean,
+    condition_score,
+)
 from latent_diffusion.diffusion.gaussian_diffusion import GaussianDiffusion
 from latent_diffusion.diffusion.respace import respaced, respaced_for, space_timesteps
 from latent_diffusion.diffusion.samplers import (
@@ -64,6 +70,10 @@ __all__ = [
     "UniformSampler",
     "betas_for",
     "cfg_model_fn",
+    "check_scale",
+    "classifier_cond_fn",
+    "condition_mean",
+    "condition_score",
     "create_diffusion",
     "create_timestep_sampler",
     "ddim_sample",

@@ -1,5 +1,9 @@
 """Samplers in latent space: DDPM (ancestral), DDIM, DPM-Solver++(2M); classifier-free guidance.
 
+Classifier guidance: every sampler takes `cond_fn(x_t float32, t (B,) model timesteps)
+-> s * grad log p(y | x_t)` (classifier_guidance.py); DDPM shifts its mean by it,
+DDIM and DPM-Solver++ shift eps. cond_fn=None is the unguided sampler, bit for bit.
+
 All run without clipping of x0 (latents are not bounded). The sampler state x
 is float64 and every schedule coefficient is float64; only the denoiser sees
 float32. `model_fn(x_t (B,C,H,W) float32, t (B,) long ORIGINAL timesteps)`
@@ -18,6 +22,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from latent_diffusion.diffusion.classifier_guidance import CondFn, condition_mean, condition_score
 from latent_diffusion.diffusion.gaussian_diffusion import GaussianDiffusion
 from latent_diffusion.diffusion.respace import respaced, respaced_for
 from latent_diffusion.utils.errors import UserError
@@ -62,20 +67,28 @@ def _call(diffusion: GaussianDiffusion, model_fn: ModelFn, x: torch.Tensor, i: i
     return out.to(x.dtype), t
 
 
+def _grad(diffusion: GaussianDiffusion, cond_fn: CondFn, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """cond_fn at (x_t, t) with t given as the denoiser sees it (original, maybe rescaled)."""
+    return cond_fn(x.float(), diffusion.model_timesteps(t)).to(x.dtype)  # (B, C, H, W)
+
+
 # ------------------------------------------------------------------ DDPM
 @torch.no_grad()
-def ddpm_sample(diffusion, model_fn: ModelFn, shape, generators=None, steps=None, device="cpu", progress=None):
+def ddpm_sample(diffusion, model_fn: ModelFn, shape, generators=None, steps=None, device="cpu", progress=None,
+                cond_fn: CondFn | None = None):
     """Ancestral sampling (DDPM Alg. 2) with p(x_{t-1}|x_t) from `p_mean_variance`: a learned
-    variance is honoured, against the respaced betas when `steps` is given."""
+    variance is honoured, against the respaced betas when `steps` is given. With cond_fn
+    the mean moves by Sigma_t * grad (condition_mean)."""
     d = respaced_for(diffusion, steps)
     x = draw_noise(shape, generators, device, _state_dtype(device))  # (B, C, H, W)
     for i in reversed(range(d.num_timesteps)):
         out, t = _call(d, model_fn, x, i)
         p = d.p_mean_variance(out, x, t)
+        mean = p["mean"] if cond_fn is None else condition_mean(p, _grad(d, cond_fn, x, t))
         if i > 0:  # no noise at the last step: the output is the mean of p(x0|x1)
-            x = p["mean"] + torch.exp(0.5 * p["log_variance"]) * draw_noise(shape, generators, device, x.dtype)
+            x = mean + torch.exp(0.5 * p["log_variance"]) * draw_noise(shape, generators, device, x.dtype)
         else:
-            x = p["mean"]
+            x = mean
         if progress:
             progress(d.num_timesteps - i, d.num_timesteps)
     return x.float()
@@ -83,9 +96,11 @@ def ddpm_sample(diffusion, model_fn: ModelFn, shape, generators=None, steps=None
 
 # ------------------------------------------------------------------ DDIM
 @torch.no_grad()
-def ddim_sample(diffusion, model_fn: ModelFn, shape, steps=DEFAULT_STEPS["ddim"], eta: float = 0.0, generators=None, device="cpu", progress=None):
+def ddim_sample(diffusion, model_fn: ModelFn, shape, steps=DEFAULT_STEPS["ddim"], eta: float = 0.0, generators=None,
+                device="cpu", progress=None, cond_fn: CondFn | None = None):
     """DDIM (Song et al. 2021, eq. 12): x_{t-1} = sqrt(acp_prev) x0 + sqrt(1 - acp_prev - sigma^2) eps
-    + sigma z, sigma = eta sqrt((1-acp_prev)/(1-acp)) sqrt(1 - acp/acp_prev). eta = 0: deterministic."""
+    + sigma z, sigma = eta sqrt((1-acp_prev)/(1-acp)) sqrt(1 - acp/acp_prev). eta = 0: deterministic.
+    With cond_fn, eps (and the x0 it implies) is shifted first (condition_score)."""
     d = respaced_for(diffusion, steps)
     s = d.schedule
     x = draw_noise(shape, generators, device, _state_dtype(device))
@@ -93,6 +108,8 @@ def ddim_sample(diffusion, model_fn: ModelFn, shape, steps=DEFAULT_STEPS["ddim"]
         out, t = _call(d, model_fn, x, i)
         pred, _ = d.split_output(out, x)  # a learned variance plays no part in DDIM
         x0, eps = d.predict_x0_eps(pred, x, t)
+        if cond_fn is not None:
+            x0, eps = condition_score(d, x, t, x0, eps, _grad(d, cond_fn, x, t))
         acp, acp_prev = float(s.alphas_cumprod[i]), float(s.alphas_cumprod_prev[i])
         sigma = eta * np.sqrt((1 - acp_prev) / (1 - acp)) * np.sqrt(1 - acp / acp_prev)
         x = np.sqrt(acp_prev) * x0 + np.sqrt(1 - acp_prev - sigma**2) * eps
@@ -105,7 +122,8 @@ def ddim_sample(diffusion, model_fn: ModelFn, shape, steps=DEFAULT_STEPS["ddim"]
 
 # ------------------------------------------------------------- DPM-Solver++
 @torch.no_grad()
-def dpmpp_sample(diffusion, model_fn: ModelFn, shape, steps=DEFAULT_STEPS["dpmpp"], generators=None, device="cpu", progress=None):
+def dpmpp_sample(diffusion, model_fn: ModelFn, shape, steps=DEFAULT_STEPS["dpmpp"], generators=None, device="cpu",
+                 progress=None, cond_fn: CondFn | None = None):
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2), data prediction, multistep.
 
     alpha_t = sqrt(acp), sigma_t = sqrt(1 - acp), lambda_t = log(alpha_t / sigma_t),
@@ -114,6 +132,8 @@ def dpmpp_sample(diffusion, model_fn: ModelFn, shape, steps=DEFAULT_STEPS["dpmpp
     first-order step to sigma = 0, which returns the data prediction. Ending the
     2nd-order steps at t ~ T/steps instead of t = 0 avoids a tiny-over-huge step
     ratio r in the extrapolation (the last steps span most of lambda's range).
+    With cond_fn, each data prediction comes from the guided eps (condition_score), so the
+    multistep history holds guided predictions, as guided DPM-Solver does.
     """
     if not isinstance(steps, int) or not 1 <= steps <= diffusion.num_timesteps:
         raise UserError(f"steps={steps!r}: DPM-Solver++ takes an int in [1, {diffusion.num_timesteps}].")
@@ -129,7 +149,9 @@ def dpmpp_sample(diffusion, model_fn: ModelFn, shape, steps=DEFAULT_STEPS["dpmpp
     for i in reversed(range(n)):
         out, t = _call(d, model_fn, x, i)
         pred, _ = d.split_output(out, x)  # only the C prediction channels, never the variance
-        x0, _ = d.predict_x0_eps(pred, x, t)  # (B, C, H, W)
+        x0, eps = d.predict_x0_eps(pred, x, t)  # (B, C, H, W)
+        if cond_fn is not None:
+            x0, _ = condition_score(d, x, t, x0, eps, _grad(d, cond_fn, x, t))
         if progress:
             progress(n - i, n)
         if i == 0:

@@ -93,17 +93,9 @@ class LatentDiffusion(L.LightningModule):
 
     def latents_from_batch(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         """Unit-variance latents z (B, c, h, w) for the denoiser (or pixels for a pixel baseline)."""
-        if "mean" in batch:  # cached posterior: a fresh reparameterised draw every step
-            mean, std = batch["mean"], batch["std"]  # (B, c, h, w) each, already scaled
-            eps = torch.randn(std.shape, generator=generator, device=std.device, dtype=std.dtype)
-            return mean + std * eps
-        x = batch["x"]  # (B, C, H, W) in [-1, 1]
-        if self.vae is None:
-            return x
-        if self.vae.device != x.device:
-            self.vae.to(x.device)
-        with torch.no_grad():
-            return self.vae.encode(x, sample=True, generator=generator)  # (B, c, h, w), (z - shift) * scale
+        from latent_diffusion.lit.latents import latents_from_batch
+
+        return latents_from_batch(batch, self.vae, generator)
 
     # ----------------------------------------------------------------- training
     def diffusion_loss(self, batch: dict, g_cpu: torch.Generator | None = None,
