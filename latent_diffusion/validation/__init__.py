@@ -7,6 +7,7 @@ one call each entry point makes; each concern lives in its own module:
   class_lists.py  class lists: no class twice
   vae_sizes.py    image sizes the VAE (however it arrives) and the UNet can take
   split_sizes.py  every split non-empty; classes too small for every split named
+  notices.py      what the run will do differently from the config, said once up front
 
 A failure is one UserError naming the key or file and the fix (exit code 2).
 """
@@ -18,6 +19,7 @@ import math
 
 from latent_diffusion.utils.errors import UserError
 from latent_diffusion.validation.class_lists import check_class_list
+from latent_diffusion.validation.notices import train_notices, train_vae_notices
 from latent_diffusion.validation.numbers import ABSENT, check_ranges, select
 from latent_diffusion.validation.out_dirs import check_out_dir
 from latent_diffusion.validation.split_sizes import check_splits
@@ -71,6 +73,7 @@ def _train(cfg) -> None:
     check_out_dir(select(cfg, "paths.output_dir", None), "paths.output_dir")
     check_out_dir(select(cfg, "export_dir", None), "export_dir", ours=("export.json",))
     check_out_dir(select(cfg, "paths.cache_dir", None), "paths.cache_dir")
+    train_notices(cfg)
 
 
 def _train_vae(cfg) -> None:
@@ -82,6 +85,7 @@ def _train_vae(cfg) -> None:
     check_sizes(cfg, "data.image_size", model=False)
     check_out_dir(select(cfg, "out_dir", None), "out_dir", ours=("latent_stats.json",))
     check_out_dir(select(cfg, "paths.cache_dir", None), "paths.cache_dir")
+    train_vae_notices(cfg)
 
 
 def _simulate(cfg) -> None:
