@@ -51,7 +51,7 @@ def test_an_out_dir_that_is_a_file_is_named(tmp_path, entry, key, extra):
     f = tmp_path / "a_file"
     f.write_text("mine")
     _refused(entry, tmp_path, *extra, f"{key}={f}", match=rf"{key}=.*a_file is a file, not a folder")
-    _refused(entry, tmp_path, *extra, f"{key}={f}/sub", match=rf"a_file is a file, so the folder cannot be created")
+    _refused(entry, tmp_path, *extra, f"{key}={f}/sub", match=r"a_file is a file, so the folder cannot be created")
     assert f.read_text() == "mine"
 
 
