@@ -182,11 +182,7 @@ def test_every_cli_checks_before_any_work(tmp_path):
 # ------------------------------------------------------------------ silent changes said once
 def test_what_the_run_changes_is_said_once(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
-        preflight("train", _cfg("train", tmp_path, "data.latents=pixel"))
-        preflight("train", _cfg("train", tmp_path, "vae=none", "model=tiny", "data.latents=online"))
         preflight("train_vae", _cfg("train_vae", tmp_path, "data.batch_size=32"))
-    text = caplog.text
-    assert text.count("data.latents=pixel with vae=f4") == 1 and "data.latents=online" in text
-    assert "vae=none: the denoiser trains on pixels" in text
-    assert "vae.batch_size=16 (its recipe), not data.batch_size=32" in text
-    _refused("train", tmp_path, "vae=none", "data.latents=cached", match=r"data.latents=cached needs a VAE")
+        preflight("train_vae", _cfg("train_vae", tmp_path, "data.batch_size=16"))
+    assert caplog.text.count("vae.batch_size=16 (its recipe), not data.batch_size=32") == 1
+    assert "data.batch_size=16" not in caplog.text

@@ -19,7 +19,7 @@ import math
 
 from latent_diffusion.utils.errors import UserError
 from latent_diffusion.validation.class_lists import check_class_list
-from latent_diffusion.validation.notices import train_notices, train_vae_notices
+from latent_diffusion.validation.notices import train_vae_notices
 from latent_diffusion.validation.numbers import ABSENT, check_ranges, select
 from latent_diffusion.validation.out_dirs import check_out_dir
 from latent_diffusion.validation.split_sizes import check_splits
@@ -73,7 +73,6 @@ def _train(cfg) -> None:
     check_out_dir(select(cfg, "paths.output_dir", None), "paths.output_dir")
     check_out_dir(select(cfg, "export_dir", None), "export_dir", ours=("export.json",))
     check_out_dir(select(cfg, "paths.cache_dir", None), "paths.cache_dir")
-    train_notices(cfg)
 
 
 def _train_vae(cfg) -> None:
@@ -112,14 +111,14 @@ def _sample(cfg) -> None:
 
 def _evaluate(cfg) -> None:
     _check_data(cfg, "real")
-    check_ranges(cfg, [("num_threads", "count"), ("min_samples", "count"), ("seed", "int"),
+    check_ranges(cfg, [("real.image_size", "count"), ("num_threads", "count"), ("min_samples", "count"), ("seed", "int"),
                        ("classifier.width", "count"), ("classifier.steps", "count"),
                        ("classifier.batch_size", "count"), ("classifier.lr", "positive"),
                        ("classifier.weight_decay", "nonneg"), ("protocol.steps", "count"),
                        ("augmentation.fractions", "share"), ("augmentation.multipliers", "nonneg"),
                        ("augmentation.seeds", "int"), ("distances.k", "count"), ("distances.kid_subsets", "count"),
                        ("distances.max_n", "count"), ("distances.min_per_class", "count")],
-                 nullable=("num_threads", "distances.max_n"))
+                 nullable=("real.image_size", "num_threads", "distances.max_n"))
     check_out_dir(select(cfg, "out_dir", None), "out_dir", ours=("metrics.json",), task="evaluate")
     check_out_dir(select(cfg, "cache_dir", None), "cache_dir")
 
