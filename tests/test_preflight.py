@@ -66,7 +66,7 @@ def test_a_foreign_folder_is_not_overwritten(tmp_path):
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     (theirs / "thesis.tex").write_text("x")
-    for entry, extra in [("train_vae", ()), ("simulate", ()), ("evaluate", ("generated=x",)), ("bench", ())]:
+    for entry, extra in [("train_vae", ()), ("evaluate", ("generated=x",)), ("bench", ())]:
         _refused(entry, tmp_path, *extra, f"out_dir={theirs}", match=r"not empty \(thesis.tex\).*not written by")
     (theirs / "latent_stats.json").write_text("{}")  # an earlier VAE export: ours to replace
     preflight("train_vae", _cfg("train_vae", tmp_path, f"out_dir={theirs}"))

@@ -95,7 +95,8 @@ def _simulate(cfg) -> None:
                  nullable=("workers", *[f"radar.{k}" for k in ("carrier_hz", "prf_hz", "duration_s", "window_s",
                                                                 "v_max", "dynamic_range_db")]))
     check_class_list(cfg, "classes")
-    check_out_dir(select(cfg, "out_dir", None), "out_dir", ours=("metadata.json",))
+    # whose folder it is: simulate's own first check (utils.io.check_replaceable)
+    check_out_dir(select(cfg, "out_dir", None), "out_dir")
 
 
 def _sample(cfg) -> None:
@@ -106,7 +107,8 @@ def _sample(cfg) -> None:
         log.warning("guidance=%g is far above the useful range (1-10): samples saturate to the class mode",
                     guidance)
     check_class_list(cfg, "classes")
-    check_out_dir(select(cfg, "out_dir", None), "out_dir", ours=("metadata.json",))
+    # whose folder it is: sample's own check (utils.io.check_replaceable), before any model loads
+    check_out_dir(select(cfg, "out_dir", None), "out_dir")
 
 
 def _evaluate(cfg) -> None:
