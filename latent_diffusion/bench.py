@@ -12,6 +12,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from latent_diffusion.utils.errors import UserError, report_user_errors
+from latent_diffusion.validation import preflight
 
 
 def with_quick(cfg: DictConfig, overrides: list[str]) -> DictConfig:
@@ -36,8 +37,10 @@ def main(cfg: DictConfig) -> None:
         raise UserError(f"parts={list(cfg.parts)}: unknown part(s) {bad}; choose from {list(PART_NAMES)}")
     from latent_diffusion.benchmarks.runner import run_bench
 
-    overrides = list(HydraConfig.get().overrides.task)
-    result = run_bench(with_quick(cfg, overrides), argv=sys.argv[1:])
+    cfg = with_quick(cfg, list(HydraConfig.get().overrides.task))
+    preflight("bench", cfg)
+
+    result = run_bench(cfg, argv=sys.argv[1:])
     for name, s in result["summary"].items():
         print(f"{name}: {s['value']:.3f} (target {s['target']}, {'met' if s['met'] else 'NOT met'})")
     print(f"wrote {cfg.out_dir}/bench.json and bench.md")

@@ -16,6 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from latent_diffusion.utils.errors import report_user_errors
+from latent_diffusion.validation import preflight
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ def run_evaluation(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 @report_user_errors
 def main(cfg: DictConfig) -> None:
+    preflight("evaluate", cfg)
     run_evaluation(cfg)
 
 

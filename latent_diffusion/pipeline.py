@@ -160,7 +160,15 @@ def find_export(run) -> Path:
 def read_export_meta(run) -> tuple[Path, dict]:
     """(export folder, its export.json) without loading any weights: enough to check arguments."""
     path = find_export(run)
-    return path, json.loads((path / EXPORT_FILE).read_text())
+    try:
+        return path, json.loads((path / EXPORT_FILE).read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path / EXPORT_FILE} cannot be read ({err}): this export is damaged; {REBUILD}") from None
+
+
+# what a damaged (truncated, overwritten) export's message says to do
+REBUILD = ("rebuild it with `python -m latent_diffusion.train run_name=<its run> ckpt_path=last` "
+           "(re-exports the run's last checkpoint) or copy it again")
 
 
 def diffusers_model(denoiser):
@@ -236,7 +244,12 @@ class LatentDiffusionPipeline:
         if not weights.is_file():
             raise UserError(f"{weights} is missing: the export at {path} is incomplete; re-export the run")
         try:
-            missing, unexpected = diffusers_model(denoiser).load_state_dict(load_file(weights), strict=False)
+            state = load_file(weights)
+        except Exception as err:  # safetensors raises its own error type for a cut-off header or body
+            raise UserError(f"{weights} cannot be read ({type(err).__name__}: {err}): this export is damaged "
+                            f"(truncated or overwritten); {REBUILD}") from None
+        try:
+            missing, unexpected = diffusers_model(denoiser).load_state_dict(state, strict=False)
         except RuntimeError as err:  # size mismatches are raised even with strict=False
             missing, unexpected = [(str(err).strip().splitlines() or [''])[-1].strip()[:200]], []
         if missing or unexpected:

@@ -13,11 +13,13 @@ import hydra
 from omegaconf import DictConfig
 
 from latent_diffusion.utils.errors import report_user_errors
+from latent_diffusion.validation import preflight
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sample")
 @report_user_errors
 def main(cfg: DictConfig) -> None:
+    preflight("sample", cfg)
     from latent_diffusion.sampling import sample_run
 
     sample_run(cfg)

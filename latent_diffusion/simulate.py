@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw
 from latent_diffusion.utils.errors import UserError, report_user_errors
 from latent_diffusion.utils.io import atomic_dir, check_replaceable
 from latent_diffusion.utils.pixels import png_bytes
+from latent_diffusion.validation import preflight
 
 log = logging.getLogger(__name__)
 MARKER = "latent_diffusion.simulate"  # metadata["writer"]: folders we may replace
@@ -103,6 +104,7 @@ def simulate(cfg: DictConfig) -> Path:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="simulate")
 @report_user_errors
 def main(cfg: DictConfig) -> None:
+    preflight("simulate", cfg)
     simulate(cfg)
 
 

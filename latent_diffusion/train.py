@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from latent_diffusion.utils.errors import UserError, report_user_errors
+from latent_diffusion.validation import preflight
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,7 @@ def _finish_wandb(trainer) -> None:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @report_user_errors
 def main(cfg: DictConfig) -> float | None:
+    preflight("train", cfg)
     metrics = train(cfg)
     # Returned for Hydra sweepers (Optuna minimises val/loss).
     return metrics.get("val/loss")

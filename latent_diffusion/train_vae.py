@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
 from latent_diffusion.utils.errors import UserError, report_user_errors
+from latent_diffusion.validation import preflight
 
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -110,6 +111,7 @@ def train_vae_for(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | N
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train_vae")
 @report_user_errors
 def main(cfg: DictConfig) -> None:
+    preflight("train_vae", cfg)
     out = train_vae(cfg)
     print(f"VAE exported to {out}")
 

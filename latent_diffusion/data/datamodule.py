@@ -11,6 +11,11 @@ latents = "cached"  -> {"mean": (B, c, h, w), "std": (B, c, h, w), "y": (B,)}:
                        With latents_on_device (true, or auto on a GPU where the
                        tensors fit) the training split is copied to the device
                        once and served by index (device_batches.py).
+
+The training order is ResumableSampler's (resumable_sampler.py), a function of
+(seed, epoch, rank); the training loader's `state_dict` puts the position inside the
+epoch into each checkpoint, so a run resumed from a checkpoint taken mid-epoch trains on the
+batches the uninterrupted run would have (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from latent_diffusion.data.resumable_sampler import ResumableDataLoader, ResumableSampler
 from latent_diffusion.data.source import SPLITS, SpectrogramSource, build_source
 from latent_diffusion.data.transforms import Augment, AugmentedDataset
 from latent_diffusion.utils.errors import UserError
@@ -149,8 +155,22 @@ class SpectrogramDataModule(L.LightningDataModule):
         if self.latents_on_device == "auto" and not fits_on_device(nbytes, device):
             return None
         log.info("cached training latents on %s: %.1f MB, served by index", device, nbytes / 1e6)
-        return OnDeviceBatches(tensors, self.batch_size, shuffle=True, drop_last=drop_last,
-                               rank=rank, world_size=world, seed=seed, device=device)
+        batches = OnDeviceBatches(tensors, self.batch_size, shuffle=True, drop_last=drop_last,
+                                  rank=rank, world_size=world, seed=seed, device=device)
+        self._track(batches.sampler)
+        return batches
+
+    # -- position inside the epoch (mid-epoch exact resume) ----------------------------
+    def _track(self, sampler: ResumableSampler) -> None:
+        """The sampler's checkpointed position: finished training steps of this epoch x batch size."""
+
+        def progress() -> int:
+            trainer = getattr(self, "trainer", None)
+            if trainer is None:
+                return 0
+            return trainer.fit_loop.epoch_loop.batch_progress.current.processed * self.batch_size
+
+        sampler.progress = progress
 
     def _loader(self, split: str, train: bool):
         self.setup()
@@ -169,10 +189,18 @@ class SpectrogramDataModule(L.LightningDataModule):
         # validation and test stay on the DataLoader path: they run rarely, in eval batches
         if train and (batches := self._on_device_batches(ds, drop_last)) is not None:
             return batches
-        return DataLoader(
+        sampler = None
+        if train:
+            _, rank, world, seed = self._placement()
+            sampler = ResumableSampler(ds, rank=rank, world_size=world, seed=seed, shuffle=True)
+            self._track(sampler)
+        return (ResumableDataLoader if train else DataLoader)(
             ds,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            sampler=sampler,
+            # the workers' base seed from a generator of its own: building an iterator then
+            # draws nothing from the global RNG, which a resumed run restores mid-epoch
+            generator=torch.Generator().manual_seed(self._placement()[3]) if train else None,
             drop_last=drop_last,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

@@ -7,16 +7,14 @@ DataLoader work (per-item __getitem__, collate, pin, host->device copy): a
 batch is one index_select on the device. On a CPU the tensors are the same
 memory either way; only the per-item collation goes.
 
-Batch ORDER is the one the ordinary DataLoader path would produce, so the two
-paths train on identical batches for a given seed:
-  - one process: DataLoader(shuffle=True) draws a base seed from the global
-    torch RNG, then RandomSampler draws its own seed and takes a randperm;
-  - DDP: Lightning injects DistributedSampler(shuffle, seed=PL_GLOBAL_SEED):
-    a randperm seeded with seed + epoch, padded to a multiple of the world
-    size, every world_size-th index from this rank on. set_epoch is called by
-    Lightning through the `.sampler` attribute, as on a DataLoader.
-Lightning leaves iterables that are not DataLoaders alone (no sampler
-injection), so the rank split here is the only one.
+Batch ORDER is the one the ordinary DataLoader path produces, so the two paths
+train on identical batches for a given seed: both take it from one
+ResumableSampler (resumable_sampler.py: DistributedSampler's order, seeded by
+seed + epoch, this rank's share), which also lets a checkpoint taken inside an
+epoch resume at its position. set_epoch is called by Lightning through the
+`.sampler` attribute, as on a DataLoader. Lightning leaves iterables that are
+not DataLoaders alone (no sampler injection), so the rank split here is the
+only one.
 """
 
 from __future__ import annotations
@@ -24,6 +22,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from latent_diffusion.data.resumable_sampler import ResumableSampler
 
 
 class OnDeviceBatches:
@@ -40,11 +40,19 @@ class OnDeviceBatches:
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.device = torch.device(device)
-        self.epoch = 0
-        self.sampler = self  # Lightning calls dataloader.sampler.set_epoch(epoch)
+        # Lightning calls dataloader.sampler.set_epoch(epoch); the position lives there too
+        self.sampler = ResumableSampler(range(self.n), rank=rank, world_size=world_size, seed=seed,
+                                        shuffle=shuffle)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    # stateful as a ResumableDataLoader: the position inside the epoch goes into checkpoints
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
 
     @property
     def nbytes(self) -> int:
@@ -58,30 +66,15 @@ class OnDeviceBatches:
         return m // self.batch_size if self.drop_last else math.ceil(m / self.batch_size)
 
     def order(self) -> torch.Tensor:
-        """This rank's indices for the coming epoch, (m,) int64 on the CPU."""
-        if self.world_size == 1:
-            if not self.shuffle:
-                return torch.arange(self.n)
-            # the two global-RNG draws of DataLoader(shuffle=True): the iterator's base
-            # seed (for workers), then RandomSampler's generator seed
-            torch.empty((), dtype=torch.int64).random_()
-            g = torch.Generator().manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
-            return torch.randperm(self.n, generator=g)
-        # DistributedSampler(shuffle, seed, drop_last=False) as Lightning injects it
-        if self.shuffle:
-            idx = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        else:
-            idx = torch.arange(self.n)
-        total = self._per_rank() * self.world_size
-        if total > self.n:  # pad by repeating the head, so every rank gets as many
-            idx = torch.cat([idx, idx.repeat(math.ceil((total - self.n) / self.n))[: total - self.n]])
-        return idx[self.rank:total:self.world_size]
+        """This rank's indices for the coming epoch (the trained-on head skipped on resume), (m,) int64."""
+        return torch.as_tensor(self.sampler.order(), dtype=torch.int64)
 
     def __iter__(self):
         order = self.order().to(self.device)
         b = self.batch_size
-        for k in range(len(self)):
-            i = order[k * b:(k + 1) * b]  # (B,) on the device
+        usable = len(order) - len(order) % b if self.drop_last else len(order)
+        for k in range(0, usable, b):
+            i = order[k:k + b]  # (B,) on the device
             yield {name: t.index_select(0, i) for name, t in self.tensors.items()}
 
 

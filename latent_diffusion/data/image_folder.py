@@ -19,7 +19,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from latent_diffusion.data.readers import ALL_EXTS, db_normalise, read_spectrogram
+from latent_diffusion.data.readers import (
+    ALL_EXTS,
+    dangling_links,
+    db_normalise,
+    read_spectrogram,
+    report_dangling,
+)
 from latent_diffusion.data.source import SPLITS, register_source
 from latent_diffusion.data.splits import load_split, save_split, stratified_split
 from latent_diffusion.utils.errors import UserError
@@ -162,7 +168,7 @@ class ImageFolderSource:
             if missing:
                 raise UserError(f"classes {missing} have no folder in {train_base}; found {found}")
         class_names = list(classes) if classes is not None else found
-        files = []
+        files, dangling = [], []
         for split, base in bases.items():
             for d in _visible_dirs(base):
                 if d.name not in class_names:
@@ -172,11 +178,14 @@ class ImageFolderSource:
                         )
                     continue
                 found_files = _files_in(d, exts)
+                dangling += dangling_links(d, exts)
                 if not found_files:
+                    report_dangling(dangling, strict=True)  # the links are why it is empty
                     raise UserError(
                         f"class folder {d} holds no readable files ({looked}); add files or remove the folder"
                     )
                 files += [(p.relative_to(root).as_posix(), d.name) for p in found_files]
+        report_dangling(dangling, self.strict)
         return files, class_names, layout
 
     def _split(self, files, val_fraction, test_fraction, seed, split_file, subject_regex):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,7 +63,15 @@ def _pick_2d(named: dict[str, np.ndarray], path: Path, variable: str | None) -> 
             f"{path} holds no 2-D numeric array (found {shapes}); save one spectrogram "
             "(Doppler x time) per file, or name it with data.variable"
         )
-    return max(cands.values(), key=lambda a: a.size)
+    if len(cands) > 1:
+        # a mask, a second channel or a coordinate grid beside the spectrogram: taking the
+        # first or the largest would train on the wrong array without a word
+        shapes = ", ".join(f"'{k}' {v.shape}" for k, v in cands.items())
+        raise UserError(
+            f"{path} holds several 2-D arrays that could be the spectrogram ({shapes}); "
+            f"name the one to read with data.variable=<name> (e.g. data.variable={next(iter(cands))})"
+        )
+    return next(iter(cands.values()))
 
 
 def _read_npy(path: Path, variable: str | None) -> np.ndarray:
@@ -70,10 +79,6 @@ def _read_npy(path: Path, variable: str | None) -> np.ndarray:
         return _pick_2d({"array": np.load(path, allow_pickle=False)}, path, None)
     with np.load(path, allow_pickle=False) as z:
         named = {k: z[k] for k in z.files}
-    if variable is None and named:
-        # first array of the archive (np.savez order), as documented
-        first = next(iter(named))
-        return _pick_2d({first: named[first]}, path, None)
     return _pick_2d(named, path, variable)
 
 
@@ -240,6 +245,74 @@ def read_spectrogram(
     if image_size is not None:
         x = resize(x, int(image_size))
     return np.ascontiguousarray(x, dtype=np.float32), info
+
+
+# ----------------------------------------------------------------------------
+# files that vanish: symbolic links whose target is gone
+# ----------------------------------------------------------------------------
+
+
+def dangling_links(folder: Path, exts: Sequence[str]) -> list[Path]:
+    """Links with a data file's name whose target is gone: a listing filtered on is_file()
+    drops them without a word, so a data set shrinks silently when a mount is missing."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts and p.is_symlink() and not p.exists())
+
+
+def report_dangling(links: Sequence[Path], strict: bool) -> None:
+    """strict: a UserError naming them; else one warning listing what is skipped."""
+    if not links:
+        return
+    shown = ", ".join(str(p) for p in links[:5]) + (f" and {len(links) - 5} more" if len(links) > 5 else "")
+    if strict:
+        raise UserError(f"{len(links)} data files are symbolic links whose target is gone: {shown}; restore "
+                        "the targets (a missing mount?) or remove the links (data.strict=false skips them)")
+    warnings.warn(f"skipped {len(links)} symbolic links whose target is gone (strict=false): {shown}", stacklevel=2)
+
+
+# ----------------------------------------------------------------------------
+# image stacks with labels (a samples.npz of generated images, guided-diffusion's format)
+# ----------------------------------------------------------------------------
+
+
+def grey_stack(x: np.ndarray, path, key: str = "arr_0") -> np.ndarray:
+    """(N, H, W), (N, H, W, 1) or grey (N, H, W, 3) -> (N, H, W). Channel-first stacks are
+    named and refused, never reshaped: (N, 1, H, W) read as channel-last would silently
+    become (N, 1, H) slices."""
+    if x.ndim == 3:
+        return x
+    if x.ndim != 4:
+        raise UserError(f"{path}: {key} has shape {x.shape}; expected images (N, H, W) or (N, H, W, C)")
+    if x.shape[1] in (1, 3) and x.shape[-1] not in (1, 3):
+        raise UserError(
+            f"{path}: {key} is channel-first (N, C, H, W) = {x.shape}; this reader takes channel-last "
+            f"(N, H, W, C), as `sample` and guided-diffusion write: save np.transpose({key}, (0, 2, 3, 1))"
+        )
+    if x.shape[-1] == 1:
+        return x[..., 0]
+    if x.shape[-1] == 3 and np.array_equal(x[..., 0], x[..., 1]) and np.array_equal(x[..., 0], x[..., 2]):
+        return x[..., 0]  # grey stored as RGB: every channel holds the value
+    raise UserError(
+        f"{path}: {key} has shape {x.shape}: {x.shape[-1]} channels that are not one grey value; "
+        "spectrograms are single-channel (N, H, W) or (N, H, W, 1)"
+    )
+
+
+def check_labels(y: np.ndarray, n_images: int, n_classes: int, path, key: str = "arr_1") -> np.ndarray:
+    """Labels that index `n_classes` classes, one per image; else a UserError naming the fault.
+    A negative label would otherwise index from the end of the class list without a word."""
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != n_images:
+        raise UserError(f"{path}: {key} holds {y.shape} labels for {n_images} images; give one label per image")
+    if y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0)):
+        raise UserError(f"{path}: {key} labels are {y.dtype}, not integer class indices")
+    y = y.astype(np.int64)
+    bad = y[(y < 0) | (y >= n_classes)]
+    if bad.size:
+        raise UserError(
+            f"{path}: {key} has labels outside 0..{n_classes - 1} (e.g. {sorted(set(bad.tolist()))[:5]}) "
+            f"for {n_classes} class names; labels index the class list"
+        )
+    return y
 
 
 def load_spectrogram(path: str | os.PathLike, **kwargs) -> np.ndarray:

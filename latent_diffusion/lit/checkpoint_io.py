@@ -120,6 +120,15 @@ class ResumeState(Callback):
         # start makes the draws after it, the shuffle seed included, the uninterrupted ones.
         self._pending_rng = checkpoint.get(RNG_KEY)
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._install_signal_handlers()
+        # A run restarted mid-epoch does not call on_train_epoch_start for that epoch; its
+        # training iterator was built already, from the loader's own generator and the
+        # checkpointed position (data/resumable_sampler.py), so no draw is left to skip.
+        if self._pending_rng is not None and trainer.fit_loop.restarted_mid_epoch:
+            set_rng_states(self._pending_rng)
+            self._pending_rng = None
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if self._pending_rng is not None:
             set_rng_states(self._pending_rng)
@@ -135,7 +144,7 @@ class ResumeState(Callback):
                 torch.cuda.set_rng_state_all(self._train_rng["cuda"])
 
     # -- signals --------------------------------------------------------------------------
-    def on_train_start(self, trainer, pl_module) -> None:
+    def _install_signal_handlers(self) -> None:
         # Lightning registered its handlers by now; SIGUSR1 has one under SLURM auto-requeue.
         if threading.current_thread() is not threading.main_thread():
             return
@@ -160,6 +169,11 @@ class ResumeState(Callback):
         self._train_rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             self._train_rng["cuda"] = torch.cuda.get_rng_state_all()
+        if 0 < trainer.max_steps <= trainer.global_step:
+            # The final step is saved here, inside its epoch: by on_train_end Lightning has
+            # marked a max_steps stop's epoch complete, and a resume with a larger max_steps
+            # would skip the rest of it (not the uninterrupted run's batches).
+            self.save_last(trainer)
         requested = bool(self._requested)
         if trainer.world_size > 1:
             # every rank must take the same branch: the save below is a collective

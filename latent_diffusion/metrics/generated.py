@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from latent_diffusion.data.readers import check_labels, grey_stack
 from latent_diffusion.utils.errors import UserError
 from latent_diffusion.utils.pixels import from_uint8
 
@@ -55,15 +56,15 @@ def _read_npz(path: Path):
         raise UserError(f"generated={path} is not a readable .npz ({err})") from None
     if "arr_0" not in z or "arr_1" not in z:
         raise UserError(f"generated={path} needs arr_0 (uint8 images N,H,W[,1]) and arr_1 (labels), has {list(z)}")
-    x, y = z["arr_0"], z["arr_1"].astype(np.int64)
+    x = z["arr_0"]
     names = [str(c) for c in z["class_names"]] if "class_names" in z else None
     if names is None and (path.parent / "metadata.json").is_file():
         names = json.loads((path.parent / "metadata.json").read_text()).get("class_names")
     if names is None:
         raise UserError(f"generated={path}: no class names (npz key 'class_names' or metadata.json "
                         f"'class_names' beside it); pass the sample folder instead")
-    if x.ndim == 4:
-        x = x[..., 0]  # NHWC grey -> NHW
+    x = grey_stack(x, f"generated={path}")
+    y = check_labels(z["arr_1"], len(x), len(names), f"generated={path}")
     if x.dtype != np.uint8:
         raise UserError(f"generated={path}: arr_0 must be uint8 (0..255), got {x.dtype}")
     return list(x), y, list(names)

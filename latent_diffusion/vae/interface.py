@@ -150,8 +150,10 @@ class FrozenVAE:
             model = AutoencoderKL.from_pretrained(folder, low_cpu_mem_usage=False)  # no accelerate: no warning
         except Exception as err:  # diffusers raises many types for a broken folder
             raise UserError(
-                f"could not load an AutoencoderKL from {folder} ({type(err).__name__}: {err}); "
-                "re-export it with save_pretrained or choose another vae.path"
+                f"could not load an AutoencoderKL from {folder} ({type(err).__name__}: {err}): the folder "
+                "is damaged or incomplete (e.g. truncated weights); rebuild it (`python -m "
+                "latent_diffusion.train_vae out_dir=<folder>`, save_pretrained for your own VAE; the "
+                "project's cached VAE under paths.cache_dir/vae is rebuilt once deleted) or choose another vae.path"
             ) from None
         vae = cls(model, None, data_channels, vae_weights_hash(folder), folder)
         if device is not None:
