@@ -303,7 +303,10 @@ class MicroDopplerSource:
         if name not in SPLITS:
             raise UserError(f"unknown split '{name}'; choose one of {SPLITS}")
         if name not in self._splits:
-            self._splits[name] = SimulatedSplit(*self._load_or_generate(name))
+            ds = SimulatedSplit(*self._load_or_generate(name))
+            # (base seed, split, class, index) is what makes a sample: its id in subset fingerprints
+            ds.item_ids = [f"seed{self.seed}/{name}/{c}/{i}" for c in self.class_names for i in range(self.counts[name])]
+            self._splits[name] = ds
         return self._splits[name]
 
     def _load_or_generate(self, name):

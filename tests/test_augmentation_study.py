@@ -1,0 +1,199 @@
+"""The leak-free augmentation study's pieces: one subset rule for train and the protocol, the
+record an export carries, the leak flag, and classical augmentations that keep the axes' meaning."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from latent_diffusion.data import classical_augment as ca
+from latent_diffusion.data.datamodule import SpectrogramDataModule
+from latent_diffusion.data.simulator import sample_seed, simulate_one
+from latent_diffusion.data.splits import fraction_subset, subset_fingerprint
+from latent_diffusion.data.transforms import Augment
+from latent_diffusion.metrics import protocol
+from latent_diffusion.metrics.classifier import ClassifierConfig
+from latent_diffusion.metrics.kinematics import envelopes
+from latent_diffusion.utils.errors import UserError
+
+CLASSES = ["walk", "fall"]
+
+
+@pytest.fixture(scope="module")
+def dm_kwargs(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("sim")
+    return dict(source="microdoppler", classes=CLASSES, n_per_class=10, val_per_class=2, test_per_class=2,
+                image_size=32, workers=0, cache_dir=str(cache))
+
+
+# ------------------------------------------------------------------ subset rule
+
+
+def test_fraction_subset_is_seeded_stratified_and_nested_in_the_split():
+    y = np.repeat([0, 1, 2], [40, 20, 10])
+    a, b, c = fraction_subset(y, 0.25, 3), fraction_subset(y, 0.25, 3), fraction_subset(y, 0.25, 4)
+    assert a.tolist() == b.tolist() and a.tolist() != c.tolist()
+    assert np.bincount(y[a]).tolist() == [10, 5, 3]  # round half up per class: 2.5 -> 3
+    assert fraction_subset(y, 1.0, 9).tolist() == list(range(len(y)))
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5])
+def test_fraction_outside_unit_interval_is_refused(bad):
+    with pytest.raises(UserError, match=r"must be in \(0, 1\]"):
+        fraction_subset([0, 1], bad, 0)
+
+
+def test_fraction_leaving_a_class_empty_names_the_class_and_its_count():
+    y = np.repeat([0, 1], [100, 4])
+    with pytest.raises(UserError, match=r"keeps no training sample of 'fall', which has 4"):
+        fraction_subset(y, 0.1, 0, class_names=["walk", "fall"])
+
+
+def test_train_and_protocol_draw_the_same_subset(dm_kwargs):
+    """The DataModule `train data.fraction=F data.fraction_seed=S` fits on holds exactly the
+    items the protocol's classifier for (F, S) trains on, and the export record names them."""
+    from latent_diffusion.train import training_subset_record
+
+    full = SpectrogramDataModule(**dm_kwargs)
+    sub = SpectrogramDataModule(**dm_kwargs, fraction=0.3, fraction_seed=5)
+    full_ds, sub_ds = full.dataset("train"), sub.dataset("train")
+    labels = full_ds.labels
+    idx = fraction_subset(labels, 0.3, 5, CLASSES)
+    assert len(sub_ds) == len(idx) == 6
+    for j, i in enumerate(idx):  # same pixels, same labels, same order
+        assert torch.equal(sub_ds[j][0], full_ds[i][0]) and sub_ds[j][1] == full_ds[i][1]
+    assert len(sub.dataset("test")) == len(full.dataset("test"))  # val / test stay whole
+    # a subset is other training data: the VAE (keyed by this fingerprint) is trained on it
+    assert sub.fingerprint() != full.fingerprint() and "train_fraction" not in full.fingerprint()
+    cfg = OmegaConf.create({"vae": {"name": "f4", "path": None}})
+    rec = training_subset_record(sub, cfg)
+    assert rec["fraction"] == 0.3 and rec["seed"] == 5 and rec["n"] == 6 and rec["vae_data"] == "this training subset"
+    assert rec["fingerprint"] == subset_fingerprint([full_ds.item_ids[i] for i in idx])
+    assert rec["data_fingerprint"] == full.fingerprint()
+    with pytest.raises(UserError, match="keeps no training sample of 'walk', which has 10"):
+        SpectrogramDataModule(**dm_kwargs, fraction=0.01).dataset("train")
+
+
+def test_evaluate_reads_the_generator_subset_and_refuses_other_data(dm_kwargs, tmp_path):
+    from latent_diffusion.metrics.suite import generator_subset
+    from latent_diffusion.train import training_subset_record
+
+    sub = SpectrogramDataModule(**dm_kwargs, fraction=0.5, fraction_seed=1)
+    sub.setup()
+    export = tmp_path / "run" / "export"
+    export.mkdir(parents=True)
+    rec = training_subset_record(sub, OmegaConf.create({"vae": {"name": "f4", "path": "/elsewhere"}}))
+    (export / "export.json").write_text(json.dumps({"data_subset": rec}))
+    full = SpectrogramDataModule(**dm_kwargs)
+    cfg = OmegaConf.create({"run": str(tmp_path / "run"), "generated": str(tmp_path)})
+    info = generator_subset(cfg, full, full.source.split("train"), CLASSES)
+    assert info["known"] and info["fraction"] == 0.5 and info["vae_data"].startswith("other data")
+    assert info["seen"].tolist() == fraction_subset(full.source.split("train").labels, 0.5, 1).tolist()
+    # the same record against another real data set (another seed): refused, naming the difference
+    other = SpectrogramDataModule(**{**dm_kwargs, "n_per_class": 12})
+    with pytest.raises(UserError, match=r"other real data .*counts"):
+        generator_subset(cfg, other, other.source.split("train"), CLASSES)
+
+
+def test_protocol_flags_a_generator_that_saw_more_data():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 20)
+    x = torch.rand(40, 1, 16, 16) * 2 - 1
+    tx, ty = torch.rand(8, 1, 16, 16) * 2 - 1, np.repeat([0, 1], 4)
+    cfg = ClassifierConfig(width=4, steps=2, batch_size=8, time_shift=0.0)
+    gen = {"fraction": 0.5, "seed": 7, "seen": fraction_subset(y, 0.5, 7)}
+    curve = protocol.augmentation_curve(x, y, x, y, tx, ty, CLASSES, cfg, fractions=[0.25, 0.5], multipliers=[0, 1],
+                                        seeds=[0, 1], classical={"doppler_shift": 0.1, "mixup": 0.2},
+                                        generator=gen)
+    own, less = curve["0.5"], curve["0.25"]
+    assert not own["leak"]["leaky"] and "generator's own" in own["subset"]
+    # at 25% the classifier has 10 images; the generator saw 20, at least 10 of them unseen by it
+    assert less["leak"]["leaky"] and less["leak"]["generator_saw_extra"] >= 10
+    assert set(own["accuracy"]) == {"0", "classical", "1", "1+classical"}
+    d = own["paired"]["1"]
+    assert d["n"] == 2 and d["ci95"][0] <= d["mean"] <= d["ci95"][1]
+    assert np.allclose(d["mean"], np.mean(own["accuracy"]["1"]["runs"]) - np.mean(own["accuracy"]["0"]["runs"]))
+    # a generator of unknown data counts as having seen the whole split: every fraction < 1 leaks
+    unknown = protocol.augmentation_curve(x, y, x, y, tx, ty, CLASSES, cfg, fractions=[0.5], multipliers=[0, 1],
+                                          seeds=[0])
+    assert unknown["0.5"]["leak"] == {"leaky": True, "generator_saw_extra": 20}
+    del rng
+
+
+def test_report_labels_leaky_rows():
+    from latent_diffusion.metrics.report import augmentation_section
+
+    row = {"accuracy": {"0": {"mean": 0.5, "std": 0.0}, "1": {"mean": 0.6, "std": 0.0}},
+           "paired": {"1": {"mean": 0.1, "ci95": [0.05, 0.15], "n": 3}},
+           "leak": {"leaky": True, "generator_saw_extra": 12}}
+    text = "\n".join(augmentation_section({"0.1": row}, None))
+    assert "LEAKY (+12 images)" in text and "unknown" in text and "+0.100 [0.050, 0.150]" in text
+
+
+# ------------------------------------------------------------ classical augmentation
+
+
+@pytest.fixture(scope="module")
+def walker():
+    img, p = simulate_one("walk", sample_seed(3, "train", "walk", 0), 64)
+    return torch.from_numpy(img)[None] * 2 - 1, p  # (1, 64, 64) in [-1, 1]
+
+
+def _torso_track(x: torch.Tensor) -> np.ndarray:
+    """Per-column torso (power-weighted centroid) velocity, m/s: (W,)."""
+    return envelopes(((x.numpy() + 1) / 2)[None, 0])[2][0]
+
+
+def test_time_shift_never_moves_the_torso_doppler(walker):
+    x, p = walker
+    track = _torso_track(x)
+    for seed in range(4):
+        g = torch.Generator().manual_seed(seed)
+        y = ca.apply_per_image(x, time=0.3, g=g)
+        shifted = _torso_track(y)
+        # a circular time roll permutes columns: the same torso velocities, in another order
+        assert np.allclose(np.sort(shifted[np.isfinite(shifted)]), np.sort(track[np.isfinite(track)]))
+        assert abs(np.nanmedian(shifted) - p["torso_radial_mps"]) < 0.5
+    y = Augment(time_shift=True)(x)
+    assert np.allclose(np.nanmedian(_torso_track(y)), np.nanmedian(track))
+
+
+def test_doppler_shift_moves_velocity_not_time(walker):
+    x, _ = walker
+    k = 4  # rows; 0.25 m/s each at 64 rows over +-8 m/s
+    y = ca._shift_rows(x, torch.full((64,), k))
+    # content moves k rows down = k * 0.25 m/s lower velocity, in every column at once
+    assert torch.equal(y[:, k:, :], x[:, :-k, :]) and torch.all(y[:, :k, :] == x.min())
+    g = torch.Generator().manual_seed(0)
+    z = ca.frequency_shift(x, 0.1, g)
+    # time axis untouched: each column's strongest row moved by the same offset
+    d = z[0].argmax(0) - x[0].argmax(0)
+    assert len(torch.unique(d[(x[0].argmax(0) > 8) & (x[0].argmax(0) < 56)])) == 1
+
+
+def test_frequency_disturbance_is_smooth_and_bounded():
+    g = torch.Generator().manual_seed(1)
+    rows = ca.disturbance_rows(64, 64, 0.05, g)
+    assert rows.abs().max() <= round(0.05 * 64) and (rows.diff().abs() <= 1).all()
+
+
+def test_mixup_blends_labels_with_the_images():
+    x = torch.stack([torch.zeros(1, 4, 4), torch.ones(1, 4, 4)])
+    xm, t = ca.mixup(x, torch.tensor([0, 1]), 2, alpha=0.4, g=torch.Generator().manual_seed(0))
+    assert torch.allclose(t.sum(1), torch.ones(2))
+    assert torch.allclose(xm[:, 0, 0, 0], t[:, 1])  # pixel value = weight of the all-ones class
+    with pytest.raises(UserError, match="classifier option"):
+        Augment(mixup=0.2)
+
+
+def test_data_augment_config_reaches_training_batches(dm_kwargs):
+    dm = SpectrogramDataModule(**dm_kwargs, augment={"doppler_shift": 0.2, "time_shift": 0.5})
+    assert dm.augment.enabled
+    xb = next(iter(dm.train_dataloader()))["x"]
+    assert xb.shape[1:] == (1, 32, 32)
+    with pytest.raises(UserError, match="doppler_shift"):
+        SpectrogramDataModule(**dm_kwargs, augment={"doppler_shift": 0.7})
