@@ -197,3 +197,57 @@ def test_data_augment_config_reaches_training_batches(dm_kwargs):
     assert xb.shape[1:] == (1, 32, 32)
     with pytest.raises(UserError, match="doppler_shift"):
         SpectrogramDataModule(**dm_kwargs, augment={"doppler_shift": 0.7})
+
+
+# ------------------------------------------------------------------ hard preset
+
+
+def test_hard_preset_is_subject_disjoint_and_keeps_each_subject(tmp_path):
+    from latent_diffusion.data.simulator import MicroDopplerSource
+
+    src = MicroDopplerSource(classes=CLASSES, n_per_class=8, val_per_class=3, test_per_class=3, image_size=32,
+                             workers=0, preset="hard", scene={"subjects": [4, 2, 2]})
+    subj = {s: src.split(s).subjects for s in ("train", "val", "test")}
+    assert len(set(subj["train"])) == 4 and len(set(subj["val"])) == 2
+    assert not (set(subj["train"]) & set(subj["val"]) or set(subj["train"]) & set(subj["test"])
+                or set(subj["val"]) & set(subj["test"]))
+    # one person across activities: same height and proportions for the same subject id
+    params = src.split("train").params
+    by_id: dict = {}
+    for q in params:
+        by_id.setdefault(q["subject"], set()).add((q["height"], q["leg_scale"], q["arm_scale"]))
+    assert all(len(v) == 1 for v in by_id.values())
+    # the scene is wider than the easy preset's
+    assert max(abs(q["aspect_deg"]) for q in params) > 45
+    assert "scene" in src.fingerprint()
+    easy = MicroDopplerSource(classes=CLASSES, n_per_class=2, image_size=32, workers=0)
+    assert "scene" not in easy.fingerprint() and getattr(easy.split("train"), "subjects", None) is None
+    with pytest.raises(UserError, match="data.preset"):
+        MicroDopplerSource(preset="medium")
+
+
+# ------------------------------------------------------------------ sifting
+
+
+def test_sifting_drops_implausible_samples_and_counts_per_class(dm_kwargs):
+    from latent_diffusion.metrics.classifier import train_classifier
+    from latent_diffusion.metrics.sifting import sift
+    from latent_diffusion.metrics.suite import stack_split
+
+    dm = SpectrogramDataModule(**dm_kwargs)
+    (tx, ty), (sx, sy) = stack_split(dm.dataset("train")), stack_split(dm.dataset("train"))
+    noise = torch.rand(3, 1, 32, 32) * 2 - 1  # broadband noise: no human moves like that
+    gen_x, gen_y = torch.cat([sx, noise]), np.concatenate([sy.numpy(), [0, 0, 1]])
+    kp = {"v_max": 8.0, "dynamic_range_db": 45.0, "duration_s": 4.0}
+    keep, rep = sift(gen_x, gen_y, tx, ty.numpy(), CLASSES, kp, model=None, margin=0.0)
+    # real training images lie in their own class range by construction; the noise does not
+    assert keep[:len(sy)].all() and not keep[len(sy):].any()
+    assert rep["per_class"]["walk"] == {"n": 12, "dropped_kinematics": 2, "dropped_confidence": 0, "kept": 10}
+    assert rep["per_class"]["fall"]["dropped_kinematics"] == 1
+    # confidence: a real classifier; images labelled with the wrong class fall under the threshold
+    model = train_classifier(tx, ty, 2, ClassifierConfig(width=4, steps=60, batch_size=20, time_shift=0.0))
+    swapped = 1 - sy.numpy()
+    keep2, rep2 = sift(sx, swapped, tx, ty.numpy(), CLASSES, kp, model=model, kinematics=False, min_confidence=0.5)
+    own = protocol.predict(model, sx) == sy.numpy()
+    assert (~keep2[own]).all()  # every image the classifier gets right is dropped under the swapped label
+    assert sum(r["dropped_confidence"] for r in rep2["per_class"].values()) == int((~keep2).sum())

@@ -48,6 +48,16 @@ def markdown(m: dict) -> str:
         L.append("")
     if "augmentation" in m:
         L += augmentation_section(m["augmentation"], m.get("generator_data"))
+    if "sifting" in m:
+        sf = m["sifting"]
+        L += [f"## Sifting: kept {sf['kept']} of {sf['n']} generated images ({sf['settings']})", "",
+              "| class | generated | dropped: kinematics | dropped: confidence | kept |", "|---|---|---|---|---|"]
+        L += [f"| {c} | {r['n']} | {r['dropped_kinematics']} | {r['dropped_confidence']} | {r['kept']} |"
+              for c, r in sf["per_class"].items()]
+        L.append("")
+        if "augmentation_sifted" in m:
+            sec = augmentation_section(m["augmentation_sifted"], m.get("generator_data"))
+            L += ["## Augmentation curve with sifted generated images", *sec[1:]]
     if "distances" in m:
         d = m["distances"]
         L += [f"## Distances in the domain feature space (n = {d['n']} per set, reference: {d['reference']})", "",

@@ -121,6 +121,15 @@ def evaluate(cfg: DictConfig) -> dict:
         out["cas"] = protocol.cas(model, gen_x, gen_y.numpy(), names)
         out["cas"]["ratio_to_trtr"] = out["cas"]["accuracy"] / max(out["trtr"]["accuracy"], 1e-12)
         out["classifier"] = {k_: meta[k_] for k_ in ("key", "config", "num_features", "n_train", "test_accuracy")}
+    sift_cfg = cfg.get("sift") or {}
+    keep = None
+    if sift_cfg.get("enabled"):
+        from latent_diffusion.metrics.sifting import sift
+
+        keep, out["sifting"] = sift(gen_x, gen_y.numpy(), train[0], train[1].numpy(), names, kin_params(cfg, src),
+                                    model=model, kinematics=bool(sift_cfg.get("kinematics", True)),
+                                    margin=float(sift_cfg.get("margin", 0.1)),
+                                    min_confidence=sift_cfg.get("min_confidence"))
     pcfg = ClassifierConfig.make({**OmegaConf.to_container(cfg.classifier), **OmegaConf.to_container(cfg.protocol)})
     if "tstr" in parts:
         log.info("TSTR: training on generated images (%.0f s so far)", time.time() - t0)
@@ -142,6 +151,14 @@ def evaluate(cfg: DictConfig) -> dict:
             train[0], train[1].numpy(), gen_x, gen_y.numpy(), test[0], test[1].numpy(), names, pcfg,
             fractions, [int(m) for m in a.multipliers], [int(s) for s in a.seeds],
             classical=classical, generator=gen_info)
+        if keep is not None:  # the same curve with only the images sifting kept (metrics/sifting.py)
+            kept = torch.as_tensor(np.flatnonzero(keep))
+            if np.bincount(gen_y.numpy()[keep], minlength=len(names)).min() == 0:
+                log.warning("sifting left a class without generated images: its sifted rows add none of it")
+            out["augmentation_sifted"] = protocol.augmentation_curve(
+                train[0], train[1].numpy(), gen_x[kept], gen_y.numpy()[keep], test[0], test[1].numpy(), names,
+                pcfg, fractions, [int(m) for m in a.multipliers], [int(s) for s in a.seeds],
+                classical=classical, generator=gen_info)
         out["generator_data"] = {k_: v for k_, v in gen_info.items() if k_ != "seen"}
     if "distances" in parts:
         log.info("distances (%.0f s so far)", time.time() - t0)
