@@ -251,3 +251,77 @@ def test_sifting_drops_implausible_samples_and_counts_per_class(dm_kwargs):
     own = protocol.predict(model, sx) == sy.numpy()
     assert (~keep2[own]).all()  # every image the classifier gets right is dropped under the swapped label
     assert sum(r["dropped_confidence"] for r in rep2["per_class"].values()) == int((~keep2).sum())
+
+
+# ------------------------------------------------------------------ study
+
+
+def _study_cfg(tmp_path, **kw):
+    from pathlib import Path
+
+    base = OmegaConf.load(Path(__file__).parent.parent / "conf" / "study.yaml")
+    base.pop("defaults")
+    base.merge_with({"study_dir": str(tmp_path / "study"), "fractions": [0.1, 1.0], "seeds": [0, 1, 2],
+                     "paths": {"cache_dir": str(tmp_path / "cache")}, "run_name": "t", **kw})
+    return base
+
+
+def _fake_cell(acc_real, acc_synth):
+    """A cell result in run_cell's format, numbers given (the expensive train / sample / evaluate is
+    proved end to end by the documented smoke run, not here)."""
+    def runner(cfg, f, s, folder):
+        runner.calls.append((f, s))
+        acc = {"0": {"runs": [acc_real(f, s)]}, "1": {"runs": [acc_synth(f, s)]}}
+        return {"fraction": f, "seed": s, "generator_data": {"n": int(100 * f)},
+                "augmentation": {"accuracy": acc, "leak": {"leaky": False}}, "augmentation_sifted": None,
+                "memorisation": {"pixel": {"ratio": 0.9, "frac_copies": 0.05}}}
+    runner.calls = []
+    return runner
+
+
+def test_study_resumes_and_aggregates_paired_differences(tmp_path):
+    from scipy import stats
+
+    from latent_diffusion.study import run_study
+
+    real = {0: 0.70, 1: 0.72, 2: 0.71}
+    gain = {0: 0.05, 1: 0.03, 2: 0.04}
+    runner = _fake_cell(lambda f, s: real[s] + f / 10, lambda f, s: real[s] + f / 10 + gain[s])
+    cfg = _study_cfg(tmp_path)
+    agg = run_study(cfg, runner)
+    assert len(runner.calls) == 6
+    d = agg["0.1"]["paired"]["1"]
+    g = np.array([0.05, 0.03, 0.04])
+    half = stats.t.ppf(0.975, 2) * g.std(ddof=1) / np.sqrt(3)
+    assert d["mean"] == pytest.approx(0.04) and d["ci95"] == pytest.approx([0.04 - half, 0.04 + half])
+    assert agg["0.1"]["arms"]["0"]["std"] == pytest.approx(np.std([0.71, 0.73, 0.72], ddof=1))
+    table = (tmp_path / "study" / "table.md").read_text()
+    assert "+0.040 [" in table and "real only" in table and (tmp_path / "study" / "study.png").stat().st_size > 1000
+    # a rerun recomputes nothing; a new seed computes only its cells
+    again = _fake_cell(lambda f, s: 0.5, lambda f, s: 0.5)
+    run_study(cfg, again)
+    assert again.calls == []
+    run_study(_study_cfg(tmp_path, seeds=[0, 1, 2, 3]), again)
+    assert sorted(again.calls) == [(0.1, 3), (1.0, 3)]
+
+
+def test_study_refuses_a_folder_of_another_configuration(tmp_path):
+    from latent_diffusion.study import run_study
+
+    run_study(_study_cfg(tmp_path, fractions=[1.0], seeds=[0]), _fake_cell(lambda f, s: 0.5, lambda f, s: 0.6))
+    with pytest.raises(UserError, match=r"another configuration \(recipe.steps_per_image: 10 there, 20 now"):
+        run_study(_study_cfg(tmp_path, fractions=[1.0], seeds=[0], recipe={"steps_per_image": 20}),
+                  _fake_cell(lambda f, s: 0.5, lambda f, s: 0.6))
+    with pytest.raises(UserError, match=r"outside \(0, 1\]"):
+        run_study(_study_cfg(tmp_path, fractions=[0.0]), _fake_cell(lambda f, s: 0.5, lambda f, s: 0.6))
+
+
+def test_small_data_recipe_scales_with_the_subset():
+    from latent_diffusion.study import recipe_overrides
+
+    r = OmegaConf.load(__import__("pathlib").Path(__file__).parent.parent / "conf" / "study.yaml").recipe
+    small, big = recipe_overrides(r, 40), recipe_overrides(r, 1600)
+    assert "trainer.max_steps=400" in small and "trainer.max_steps=16000" in big  # min_steps, 10 per image
+    assert "model.dropout=0.1" in small and not any(o.startswith("model.dropout") for o in big)
+    assert any(o.startswith("data.augment.time_shift") for o in small)
+    assert "+callbacks.early_stopping.patience=4" in small
