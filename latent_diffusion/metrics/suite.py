@@ -185,7 +185,7 @@ def _generator_export(cfg: DictConfig):
     import json
     from pathlib import Path
 
-    from latent_diffusion.lit.export import find_export
+    from latent_diffusion.pipeline import find_export
 
     if cfg.get("run"):
         return json.loads((find_export(cfg.run) / "export.json").read_text())
