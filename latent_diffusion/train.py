@@ -149,11 +149,22 @@ def train(cfg: DictConfig) -> dict:
                         f"max_bad_steps={cfg.max_bad_steps}") from None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if trainer.is_global_zero:
-        export_run(module, cfg, cfg.export_dir)
+        export_run(module, cfg, cfg.export_dir, data_subset=training_subset_record(dm, cfg))
         log.info("export written to %s", cfg.export_dir)
     trainer.strategy.barrier()
     _finish_wandb(trainer)
     return metrics
+
+
+def training_subset_record(dm, cfg: DictConfig) -> dict | None:
+    """Fraction, seed, item-list fingerprint and the full data's fingerprint of what the run trained on."""
+    if getattr(dm, "subset", None) is None:
+        return None
+    full = {k: v for k, v in dm.fingerprint().items() if k != "train_fraction"}
+    vae = cfg.vae
+    vae_data = None if vae.get("name") == "none" else (
+        f"other data (vae.path={vae.path})" if vae.get("path") else "this training subset")
+    return {**dm.subset, "data_fingerprint": full, "vae_data": vae_data}
 
 
 def _finish_wandb(trainer) -> None:

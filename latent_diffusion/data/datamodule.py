@@ -24,8 +24,9 @@ import logging
 import os
 
 import lightning as L
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from latent_diffusion.data.resumable_sampler import ResumableDataLoader, ResumableSampler
 from latent_diffusion.data.source import SPLITS, SpectrogramSource, build_source
@@ -34,6 +35,22 @@ from latent_diffusion.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 LATENT_MODES = ("pixel", "online", "cached")
+
+
+def split_labels(ds) -> np.ndarray:
+    """(N,) int labels of a split without decoding its images where the source keeps them."""
+    for attr in ("labels", "y"):
+        if (v := getattr(ds, attr, None)) is not None:
+            return np.asarray(v, dtype=np.int64)
+    return np.asarray([int(ds[i][1]) for i in range(len(ds))], dtype=np.int64)
+
+
+def split_item_ids(ds) -> list[str]:
+    """One stable id per item: relative file paths (image folders) or simulator sample ids."""
+    for attr in ("files", "item_ids"):
+        if (v := getattr(ds, attr, None)) is not None:
+            return [str(f) for f in v]
+    return [str(i) for i in range(len(ds))]
 
 
 def _collate_pixels(items):
@@ -53,6 +70,8 @@ class SpectrogramDataModule(L.LightningDataModule):
         augment: dict | None = None,
         eval_batch_size: int | None = None,
         latents_on_device: bool | str = "auto",
+        fraction: float = 1.0,
+        fraction_seed: int = 0,
         **source_kwargs,
     ):
         super().__init__()
@@ -72,6 +91,12 @@ class SpectrogramDataModule(L.LightningDataModule):
             raise UserError(f"data.latents_on_device={latents_on_device!r}: use true, false or auto")
         self.latents_on_device = latents_on_device
         self.augment = Augment(**(augment or {}))
+        # a seeded stratified share of the training split (splits.fraction_subset): the
+        # small-data setting of the augmentation study; val and test stay whole
+        self.fraction, self.fraction_seed = float(fraction), int(fraction_seed)
+        if not 0.0 < self.fraction <= 1.0:
+            raise UserError(f"data.fraction={fraction} must be in (0, 1]: the share of the training split to keep")
+        self.subset: dict | None = None  # what the training split was cut to (recorded in the export)
         self._source: SpectrogramSource | None = None
         self._splits: dict[str, Dataset] = {}
         self._latent_splits: dict[str, Dataset] = {}
@@ -100,7 +125,10 @@ class SpectrogramDataModule(L.LightningDataModule):
         return self.source.image_size
 
     def fingerprint(self) -> dict:
-        return {"source": self.source_name, **self.source.fingerprint()}
+        fp = {"source": self.source_name, **self.source.fingerprint()}
+        if self.fraction < 1.0:  # a subset is other data: its VAE, stats and caches are its own
+            fp["train_fraction"] = {"fraction": self.fraction, "seed": self.fraction_seed}
+        return fp
 
     def prepare_data(self) -> None:
         # Lightning calls this on one process per node: sources with a disk
@@ -111,7 +139,27 @@ class SpectrogramDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         for name in SPLITS:
             if name not in self._splits:
-                self._splits[name] = self.source.split(name)
+                ds = self.source.split(name)
+                if name == "train":
+                    ds = self._training_subset(ds)
+                self._splits[name] = ds
+
+    def _training_subset(self, ds: Dataset) -> Dataset:
+        from latent_diffusion.data.splits import fraction_subset, subset_fingerprint
+
+        labels = split_labels(ds)
+        idx = fraction_subset(labels, self.fraction, self.fraction_seed, self.class_names)
+        ids = split_item_ids(ds)
+        self.subset = {
+            "fraction": self.fraction, "seed": self.fraction_seed, "n": len(idx), "n_full": len(labels),
+            "per_class": {c: int((labels[idx] == i).sum()) for i, c in enumerate(self.class_names)},
+            "fingerprint": subset_fingerprint([ids[i] for i in idx]),
+        }
+        if self.fraction < 1.0:
+            log.info("data.fraction=%g data.fraction_seed=%d: training on %d of %d training items (%s)",
+                     self.fraction, self.fraction_seed, len(idx), len(labels), self.subset["fingerprint"])
+            return Subset(ds, idx.tolist())
+        return ds
 
     def dataset(self, split: str) -> Dataset:
         self.setup()

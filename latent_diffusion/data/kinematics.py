@@ -33,23 +33,25 @@ G = 9.81  # m/s^2, ballistic flight of the jump
 @dataclass(frozen=True)
 class Body:
     height: float
+    leg_scale: float = 1.0  # subject proportions (the hard simulator preset): legs and arms
+    arm_scale: float = 1.0  # as multiples of the anthropometric fractions below
 
     # Segment lengths as fractions of the height (Boulic 1990 / Chen 2011).
     @property
     def thigh(self):
-        return 0.245 * self.height
+        return 0.245 * self.height * self.leg_scale
 
     @property
     def shank(self):
-        return 0.246 * self.height
+        return 0.246 * self.height * self.leg_scale
 
     @property
     def upper_arm(self):
-        return 0.188 * self.height
+        return 0.188 * self.height * self.arm_scale
 
     @property
     def forearm(self):  # forearm + hand centre
-        return 0.152 * self.height
+        return 0.152 * self.height * self.arm_scale
 
     @property
     def trunk(self):  # hip joint line to shoulder line

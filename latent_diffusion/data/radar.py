@@ -78,15 +78,10 @@ def upsample_cubic(x, factor):
     return out.reshape(x.shape[0], m * factor)
 
 
-def echo(joints, pose, radar_pos, wavelength, snr_db, clutter_db, rng, factor=1):
-    """Complex baseband returns sampled at the PRF for body-frame joints (T_kin, 3) placed
-    in the radar's frame by pose = (rot (3, 3), origin (3,)): world = body @ rot + origin.
-    Joints are sampled every `factor` pulses (upsample_cubic: T_pulses = (T_kin - 3) * factor).
-
-    snr_db: mean body return power over noise power per pulse.
-    clutter_db: stationary (zero-Doppler) return power relative to the body return;
-    no 2-pulse canceller is applied, so slow activities keep their low-Doppler
-    energy (sitting down, standing up and picking up are mostly slow motion)."""
+def body_return(joints, pose, radar_pos, wavelength, factor=1):
+    """Noise-free complex baseband return (T,) of body-frame joints (T_kin, 3) placed in the
+    radar's frame by pose = (rot (3, 3), origin (3,)): world = body @ rot + origin.
+    Joints are sampled every `factor` pulses (upsample_cubic: T_pulses = (T_kin - 3) * factor)."""
     centres, axes, half, radii = scatterers(joints)  # body frame
     rot, origin = pose
     rel = np.einsum("ktd,de->kte", centres, rot) + (origin - radar_pos)  # (K, T_kin, 3) from the radar
@@ -96,15 +91,21 @@ def echo(joints, pose, radar_pos, wavelength, snr_db, clutter_db, rng, factor=1)
     sigma = ellipsoid_rcs(los, axes, radii, np.maximum(half, radii))  # (K, T_kin)
     amp = np.sqrt(sigma) / rng_k**2
     # Work in float32 from here: ranges are taken relative to the nearest one first
-    # (< ~30 m), where float32 keeps ~3 um, i.e. ~1e-3 rad of phase at 5.8 GHz.
-    both = np.concatenate([rng_k - rng_k.min(), amp]).astype(np.float32)  # (2K, T_kin)
+    # (< ~30 m), where float32 keeps ~3 um, i.e. ~1e-3 rad of phase at 5.8 GHz. The common
+    # offset is a constant phase per body, which only matters between bodies: it is put back.
+    r0 = rng_k.min()
+    both = np.concatenate([rng_k - r0, amp]).astype(np.float32)  # (2K, T_kin)
     if factor > 1:
         both = upsample_cubic(both, factor)  # (2K, T) one BLAS call for ranges and amplitudes
     k = rng_k.shape[0]
     phase = both[:k] * np.float32(4 * np.pi / wavelength)  # (K, T) exp(-j 4 pi R / lambda)
     amp = both[k:]
-    body = np.einsum("kt,kt->t", amp, np.cos(phase)) - 1j * np.einsum("kt,kt->t", amp, np.sin(phase))  # (T,)
-    p_body = float(np.mean(np.abs(body) ** 2))
+    return np.einsum("kt,kt->t", amp, np.cos(phase)) - 1j * np.einsum("kt,kt->t", amp, np.sin(phase)), r0
+
+
+def add_clutter_noise(body, p_body, snr_db, clutter_db, rng):
+    """body (T,) + a stationary reflector at clutter_db and white noise at snr_db, both
+    relative to the power p_body of the person of interest."""
     t = body.shape[0]
     # Clutter: a stationary reflector with a slow, small amplitude wander (a few
     # percent), which broadens the zero-Doppler line by a fraction of a bin.
@@ -113,6 +114,17 @@ def echo(joints, pose, radar_pos, wavelength, snr_db, clutter_db, rng, factor=1)
     noise_sd = np.sqrt(p_body * 10 ** (-snr_db / 10) / 2)
     noise = noise_sd * rng.standard_normal(2 * t).view(np.complex128)  # (re, im) pairs
     return body + clutter + noise
+
+
+def echo(joints, pose, radar_pos, wavelength, snr_db, clutter_db, rng, factor=1):
+    """Complex baseband returns sampled at the PRF (body_return + add_clutter_noise).
+
+    snr_db: mean body return power over noise power per pulse.
+    clutter_db: stationary (zero-Doppler) return power relative to the body return;
+    no 2-pulse canceller is applied, so slow activities keep their low-Doppler
+    energy (sitting down, standing up and picking up are mostly slow motion)."""
+    body, _ = body_return(joints, pose, radar_pos, wavelength, factor)
+    return add_clutter_noise(body, float(np.mean(np.abs(body) ** 2)), snr_db, clutter_db, rng)
 
 
 @functools.lru_cache(maxsize=16)

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from latent_diffusion.data import kinematics as kin
 from latent_diffusion.data import radar as rad
+from latent_diffusion.data import scene as scenes
 from latent_diffusion.data.source import SPLITS, register_source
 from latent_diffusion.utils.errors import UserError
 from latent_diffusion.utils.io import atomic_write_bytes, atomic_write_json, stable_hash
@@ -78,8 +79,9 @@ class RadarConfig:
 # ------------------------------------------------------------ parameters
 
 
-def draw_params(cls_name: str, rng: np.random.Generator, radar: RadarConfig) -> dict:
-    """Everything random about one sample, as a JSON-able dict (stored in metadata)."""
+def draw_params(cls_name: str, rng: np.random.Generator, radar: RadarConfig, subject: dict | None = None) -> dict:
+    """Everything random about one sample, as a JSON-able dict (stored in metadata).
+    subject: body traits of a known person (the hard preset, scene.py) instead of a fresh one."""
     u = rng.uniform
     T = radar.duration_s
     p = {
@@ -94,7 +96,9 @@ def draw_params(cls_name: str, rng: np.random.Generator, radar: RadarConfig) -> 
         "sway_hz": u(0.2, 0.5),
         "speed": 0.0,
     }
-    body = kin.Body(p["height"])
+    if subject is not None:
+        p.update({k: subject[k] for k in ("height", "leg_scale", "arm_scale")})
+    body = scenes.body_of(p)
     if cls_name == "walk":
         p["speed"] = u(0.6, 1.7)
         p["cycle_s"] = 1.346 / np.sqrt(p["speed"] / body.leg)  # Boulic: RL_c = 1.346 sqrt(rv)
@@ -150,7 +154,8 @@ def draw_params(cls_name: str, rng: np.random.Generator, radar: RadarConfig) -> 
 # ---------------------------------------------------------------- rendering
 
 
-def render(cls_name: str, p: dict, radar: RadarConfig, image_size: int, rng: np.random.Generator):
+def render(cls_name: str, p: dict, radar: RadarConfig, image_size: int, rng: np.random.Generator,
+           hard: bool = False):
     """Kinematics -> echo -> spectrogram for drawn parameters p. Returns (H, W) float32 in [0, 1]
     and adds the measured torso radial velocity (m/s, + approaching) to p."""
     lam, prf = radar.wavelength, radar.prf_hz
@@ -159,7 +164,7 @@ def render(cls_name: str, p: dict, radar: RadarConfig, image_size: int, rng: np.
     # interpolation in radar.echo): pulse j sits at t = j / prf - window / 2.
     m = -(-n // KIN_DECIMATION) + 3
     t = (np.arange(m) - 1) * KIN_DECIMATION / prf - radar.window_s / 2
-    body = kin.Body(p["height"])
+    body = scenes.body_of(p)
     joints = kin.ACTIVITIES[cls_name](t, p, body)  # name -> (T, 3), body frame
     # Body frame -> radar frame: the person starts at (range, 0) on the x axis; heading
     # makes aspect_deg with the line of sight, towards or away from the radar.
@@ -174,7 +179,10 @@ def render(cls_name: str, p: dict, radar: RadarConfig, image_size: int, rng: np.
     torso = np.einsum("td,de->te", (joints["pelvis"] + joints["neck"]) / 2, rot) + start - radar_pos
     dt = KIN_DECIMATION / prf
     p["torso_radial_mps"] = float(np.median(-np.gradient(np.linalg.norm(torso, axis=1), dt)))
-    s = rad.echo(joints, (rot, start), radar_pos, lam, p["snr_db"], p["clutter_db"], rng, KIN_DECIMATION)[:n]
+    if hard:
+        s = scenes.scene_echo(joints, t, p, radar_pos, lam, prf, n, rng, KIN_DECIMATION)
+    else:
+        s = rad.echo(joints, (rot, start), radar_pos, lam, p["snr_db"], p["clutter_db"], rng, KIN_DECIMATION)[:n]
     img = rad.spectrogram(s, prf, radar.window_s, lam, radar.v_max, radar.dynamic_range_db, image_size)
     return img, p
 
@@ -184,19 +192,23 @@ def sample_seed(base_seed: int, split: str, cls_name: str, index: int) -> list[i
     return [int(base_seed), SPLIT_IDS[split], CLASSES.index(cls_name), int(index)]
 
 
-def simulate_one(cls_name: str, seed, image_size: int = 64, radar: RadarConfig | dict | None = None):
-    """One spectrogram: (H, W) float32 in [0, 1] (row 0 = +v_max, approaching) and its parameters."""
+def simulate_one(cls_name: str, seed, image_size: int = 64, radar: RadarConfig | dict | None = None,
+                 hard: scenes.HardScene | None = None):
+    """One spectrogram: (H, W) float32 in [0, 1] (row 0 = +v_max, approaching) and its parameters.
+    hard: the hard preset's scene (scene.py); None = the easy default."""
     if cls_name not in CLASSES:
         raise UserError(f"unknown activity class '{cls_name}'; choose from {list(CLASSES)}")
     radar = RadarConfig.make(radar)
     rng = np.random.default_rng(seed)
-    p = draw_params(cls_name, rng, radar)
-    return render(cls_name, p, radar, image_size, rng)
+    p = draw_params(cls_name, rng, radar, scenes.subject_of(seed, hard)[1] if hard is not None else None)
+    if hard is not None:
+        p = scenes.harden(p, cls_name, seed, hard, rng, radar.duration_s)
+    return render(cls_name, p, radar, image_size, rng, hard=hard is not None)
 
 
 def _simulate_task(args):
-    cls_name, seed, image_size, radar = args
-    img, p = simulate_one(cls_name, seed, image_size, radar)
+    cls_name, seed, image_size, radar, hard = args
+    img, p = simulate_one(cls_name, seed, image_size, radar, hard)
     return quantize(img), p
 
 
@@ -205,7 +217,7 @@ def quantize(img: np.ndarray) -> np.ndarray:
     return np.round(np.clip(img, 0, 1) * 65535).astype(np.uint16)
 
 
-def generate(classes, counts, split, base_seed, image_size, radar, workers=0):
+def generate(classes, counts, split, base_seed, image_size, radar, workers=0, hard=None):
     """Pixels (N, H, W) uint16, labels (N,) int64 (index into `classes`), params list.
 
     Order: class by class, index 0..n-1. workers > 1 maps the same tasks over a
@@ -214,7 +226,7 @@ def generate(classes, counts, split, base_seed, image_size, radar, workers=0):
     tasks, labels = [], []
     for label, c in enumerate(classes):
         for i in range(counts):
-            tasks.append((c, sample_seed(base_seed, split, c, i), image_size, radar))
+            tasks.append((c, sample_seed(base_seed, split, c, i), image_size, radar, hard))
             labels.append(label)
     if workers and workers > 1 and len(tasks) > 1:
         ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
@@ -258,6 +270,8 @@ class MicroDopplerSource:
         test_per_class: int | None = None,
         cache_dir: str | None = None,
         workers: int | None = None,
+        preset: str = "easy",
+        scene: dict | None = None,
     ):
         classes = list(CLASSES) if classes is None else [str(c) for c in classes]
         bad = [c for c in classes if c not in CLASSES]
@@ -270,6 +284,11 @@ class MicroDopplerSource:
         if int(n_per_class) < 1:
             raise UserError(f"data.n_per_class={n_per_class} must be >= 1")
         default_eval = max(8, int(n_per_class) // 8)
+        if preset not in ("easy", "hard"):
+            raise UserError(f"data.preset={preset!r}: choose easy (the default) or hard (data=microdoppler_hard)")
+        if scene and preset != "hard":
+            raise UserError("data.scene is the hard preset's scene: set data.preset=hard (data=microdoppler_hard)")
+        self.hard = scenes.HardScene.make(scene) if preset == "hard" else None
         self.class_names = classes
         self.image_size = image_size
         self.seed = int(seed)
@@ -285,7 +304,7 @@ class MicroDopplerSource:
         self._splits: dict[str, SimulatedSplit] = {}
 
     def fingerprint(self) -> dict:
-        return {
+        fp = {
             "simulator_version": SIM_VERSION,
             "classes": self.class_names,
             "counts": self.counts,
@@ -293,17 +312,26 @@ class MicroDopplerSource:
             "seed": self.seed,
             "radar": dataclasses.asdict(self.radar),
         }
+        if self.hard is not None:  # absent for the easy preset: its caches keep their keys
+            fp["scene"] = dataclasses.asdict(self.hard)
+        return fp
 
     def _generate(self, name):
         n = self.counts[name] * len(self.class_names)
         workers = self.workers if n >= 64 else 0
-        return generate(self.class_names, self.counts[name], name, self.seed, self.image_size, self.radar, workers)
+        return generate(self.class_names, self.counts[name], name, self.seed, self.image_size, self.radar, workers,
+                        self.hard)
 
     def split(self, name: str) -> Dataset:
         if name not in SPLITS:
             raise UserError(f"unknown split '{name}'; choose one of {SPLITS}")
         if name not in self._splits:
-            self._splits[name] = SimulatedSplit(*self._load_or_generate(name))
+            ds = SimulatedSplit(*self._load_or_generate(name))
+            # (base seed, split, class, index) is what makes a sample: its id in subset fingerprints
+            ds.item_ids = [f"seed{self.seed}/{name}/{c}/{i}" for c in self.class_names for i in range(self.counts[name])]
+            # the hard preset's people (scene.py): splits never share one
+            ds.subjects = [q.get("subject") for q in ds.params] if self.hard is not None else None
+            self._splits[name] = ds
         return self._splits[name]
 
     def _load_or_generate(self, name):

@@ -129,3 +129,43 @@ def load_split(path: str | os.PathLike) -> dict[str, list[str]]:
                 raise UserError(f"split file {path} lists {f} in both '{seen[f]}' and '{s}'")
             seen[f] = s
     return mapping
+
+
+def fraction_subset(labels: Sequence[int], fraction: float, seed: int,
+                    class_names: Sequence[str] | None = None) -> np.ndarray:
+    """Sorted indices of a seeded, stratified `fraction` of a training split.
+
+    The one rule for "the F-subset with seed S": `train data.fraction=F
+    data.fraction_seed=S` trains on it and the evaluation protocol's classifier
+    for (F, S) is trained on it, so a generator and the classifier it augments
+    see exactly the same real images. Each class keeps round-half-up(F * n_c)
+    of its n_c items, drawn by a generator seeded by (S, class index), so one
+    class's draw does not depend on the others' sizes. A fraction that leaves
+    a class empty is an error naming the class, not a silent minimum of one.
+    """
+    fraction = float(fraction)
+    if not 0.0 < fraction <= 1.0:
+        raise UserError(f"data.fraction={fraction} must be in (0, 1]: the share of the training split to keep")
+    labels = np.asarray(labels)
+    if fraction == 1.0:
+        return np.arange(len(labels))
+    out = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = math.floor(len(idx) * fraction + 0.5)
+        if k == 0:
+            name = class_names[int(c)] if class_names is not None else f"class {int(c)}"
+            raise UserError(
+                f"data.fraction={fraction} keeps no training sample of '{name}', which has {len(idx)}: "
+                f"use data.fraction >= {0.5 / len(idx):.3g} (every class needs at least one)"
+            )
+        rng = np.random.default_rng([int(seed), int(c)])
+        out.append(rng.choice(idx, k, replace=False))
+    return np.sort(np.concatenate(out))
+
+
+def subset_fingerprint(item_ids: Sequence[str]) -> str:
+    """sha256 (16 hex) of the sorted item ids (relative file paths or simulator sample ids)."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(map(str, item_ids))).encode()).hexdigest()[:16]

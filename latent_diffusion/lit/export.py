@@ -21,8 +21,10 @@ def _derived(denoiser) -> dict:
             "num_classes": denoiser.num_classes, "learn_sigma": denoiser.learn_sigma}
 
 
-def export_run(module, cfg: DictConfig, export_dir) -> Path:
-    """Write `module`'s EMA denoiser, diffusion, VAE reference and class names as a pipeline folder."""
+def export_run(module, cfg: DictConfig, export_dir, data_subset: dict | None = None) -> Path:
+    """Write `module`'s EMA denoiser, diffusion, VAE reference and class names as a pipeline folder.
+    data_subset: which real training images the run saw (SpectrogramDataModule.subset plus the
+    data fingerprint), so `evaluate` can train the classifiers it augments on the same ones."""
     denoiser = module.plain_denoiser
     config = {
         "image_size": int(cfg.data.image_size),
@@ -33,7 +35,8 @@ def export_run(module, cfg: DictConfig, export_dir) -> Path:
         pipe = LatentDiffusionPipeline(denoiser, module.diffusion, module.class_names, module.latent_shape,
                                        module.vae, config)
         return pipe.save_pretrained(export_dir, OmegaConf.to_yaml(cfg, resolve=True),
-                                    global_step=int(module.global_step), ema_decay=float(module.ema.decay))
+                                    global_step=int(module.global_step), ema_decay=float(module.ema.decay),
+                                    data_subset=data_subset)
 
 
 def load_export(run, device="cpu", load_vae: bool = True) -> LatentDiffusionPipeline:

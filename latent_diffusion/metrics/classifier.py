@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from latent_diffusion.data import classical_augment as ca
 from latent_diffusion.utils.io import atomic_dir, stable_hash
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,11 @@ class ClassifierConfig:
     time_shift: float = 0.1  # random circular shift along time, as a fraction of the width: the
     #                          activity does not depend on when it starts in the window
     seed: int = 0
+    # classical augmentation (data/classical_augment.py), off by default: the protocol's
+    # "real + classical" arm turns them on (evaluate protocol.classical)
+    doppler_shift: float = 0.0  # RadarSpecAugment frequency shift, fraction of the height
+    frequency_disturbance: float = 0.0  # RadarSpecAugment per-column Doppler wander
+    mixup: float = 0.0  # Beta(alpha, alpha) mixup of images and labels; 0 = off
 
     @classmethod
     def make(cls, cfg) -> ClassifierConfig:
@@ -119,7 +125,12 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: Cl
         if cfg.time_shift > 0:
             shift = int(torch.randint(-int(cfg.time_shift * w), int(cfg.time_shift * w) + 1, (1,), generator=g))
             xb = torch.roll(xb, shift, dims=-1)
-        loss = nn.functional.cross_entropy(model(xb), y[idx])
+        target = y[idx]
+        if cfg.doppler_shift > 0 or cfg.frequency_disturbance > 0:
+            xb = ca.apply_per_image(xb, doppler=cfg.doppler_shift, disturbance=cfg.frequency_disturbance, g=g)
+        if cfg.mixup > 0:
+            xb, target = ca.mixup(xb, target, num_classes, cfg.mixup, g)  # soft targets (b, K)
+        loss = nn.functional.cross_entropy(model(xb), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -139,7 +150,11 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> np.ndar
 
 
 def classifier_key(data_fingerprint: dict, cfg: ClassifierConfig) -> str:
-    return stable_hash({"data": data_fingerprint, "classifier": dataclasses.asdict(cfg), "version": CLASSIFIER_VERSION})
+    conf = dataclasses.asdict(cfg)
+    for k in ("doppler_shift", "frequency_disturbance", "mixup"):  # added later: off keeps old keys valid
+        if not conf[k]:
+            conf.pop(k)
+    return stable_hash({"data": data_fingerprint, "classifier": conf, "version": CLASSIFIER_VERSION})
 
 
 def load_or_train_domain_classifier(train, test, class_names, data_fingerprint: dict,

@@ -87,32 +87,104 @@ def tstr(gen_x, gen_y, train_y, test_x, test_y, class_names, cfg: ClassifierConf
     return rep
 
 
+CLASSICAL_KEYS = ("time_shift", "doppler_shift", "frequency_disturbance", "mixup")
+
+
+def arm_label(arm: str) -> str:
+    """'0' -> real only, 'classical' -> real + classical, '2' -> +2x synthetic, '2+classical' -> both."""
+    if arm == "0":
+        return "real only"
+    if arm == "classical":
+        return "real + classical"
+    m, _, extra = arm.partition("+")
+    return f"+{m}x synthetic" + (" + classical" if extra else "")
+
+
+def paired_difference(a, b) -> dict:
+    """Mean of a - b over paired runs (same subset and classifier seed) with a 95% Student-t interval."""
+    from scipy import stats
+
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    n = len(d)
+    mean = float(d.mean()) if n else float("nan")
+    if n < 2:
+        return {"mean": mean, "ci95": None, "n": n}
+    half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n))
+    return {"mean": mean, "ci95": [mean - half, mean + half], "n": n}
+
+
 def augmentation_curve(train_x, train_y, gen_x, gen_y, test_x, test_y, class_names, cfg: ClassifierConfig,
-                       fractions=(0.1, 0.25, 0.5, 1.0), multipliers=(0, 1, 2, 4), seeds=(0, 1)) -> dict:
-    """{f: {"accuracy": {m: {"mean", "std", "runs"}}, "gain": best m > 0 minus m = 0}} on real test."""
+                       fractions=(0.1, 0.25, 0.5, 1.0), multipliers=(0, 1, 2, 4), seeds=(0, 1),
+                       classical: dict | None = None, generator: dict | None = None) -> dict:
+    """{f: {"accuracy": {arm: {"mean", "std", "runs"}}, "paired": {arm: diff to real only}, "gain",
+    "leak", "subset"}} on real test.
+
+    The real images of cell (f, s) are splits.fraction_subset(train, f, s): the subset `train
+    data.fraction=f data.fraction_seed=s` trains a generator on. `generator` describes the
+    generator behind gen_x: {"fraction", "seed", "seen": indices into train it trained on}.
+    Cells at the generator's own fraction use its subset (every classifier seed), so the
+    synthetic images carry no real image the classifier did not get; every other cell
+    counts the real images the generator saw and the classifier did not ("leak"). Without
+    `generator` the generator is assumed to have seen the whole training split.
+    classical: the ClassifierConfig fields of the "real + classical" arms (CLASSICAL_KEYS);
+    None leaves those arms out.
+    """
+    from latent_diffusion.data.splits import fraction_subset
+
     k = len(class_names)
     train_y, gen_y = np.asarray(train_y), np.asarray(gen_y)
-    n_train = counts(train_y, k)
+    seen = np.arange(len(train_y)) if generator is None or generator.get("seen") is None \
+        else np.asarray(generator["seen"])
+    ccfg = None
+    if classical:
+        bad = set(classical) - set(CLASSICAL_KEYS)
+        if bad:
+            from latent_diffusion.utils.errors import UserError
+
+            raise UserError(f"protocol.classical: unknown {sorted(bad)}; choose from {list(CLASSICAL_KEYS)}")
+        import dataclasses
+
+        ccfg = dataclasses.replace(cfg, **{kk: float(v) for kk, v in classical.items()})
+    arms = ["0"] + (["classical"] if ccfg else []) + [str(m) for m in multipliers if m > 0]
+    arms += [f"{m}+classical" for m in multipliers if m > 0 and ccfg]
     curve: dict = {}
     for f in fractions:
-        row = {}
-        for m in multipliers:
-            accs = []
-            for s in seeds:
-                rng = np.random.default_rng([int(s), int(round(f * 1000)), int(m)])
-                per_real = np.maximum(1, np.round(f * n_train)).astype(int)
-                ri = stratified_subset(train_y, per_real, np.random.default_rng([int(s), int(round(f * 1000))]))
+        own = generator is not None and generator.get("fraction") is not None \
+            and abs(float(f) - float(generator["fraction"])) < 1e-9
+        runs: dict[str, list[float]] = {a: [] for a in arms}
+        extra = []
+        for s in seeds:
+            ri = fraction_subset(train_y, f, int(generator["seed"]) if own else int(s), class_names)
+            extra.append(int(np.setdiff1d(seen, ri).size))
+            per_real = counts(train_y[ri], k)
+            for a in arms:
+                m = int(a.partition("+")[0]) if a[0].isdigit() else 0
                 x, y = train_x[ri], train_y[ri]
                 if m > 0:
                     # as many generated per class as m x the real ones; reused only if there are too few
+                    rng = np.random.default_rng([int(s), int(round(f * 1000)), m])
                     gi = stratified_subset(gen_y, m * per_real, rng, replace_if_short=True)
                     x, y = torch.cat([x, gen_x[gi]]), np.concatenate([y, gen_y[gi]])
-                model = train_classifier(x, torch.as_tensor(y), k, cfg, seed=int(s))
-                accs.append(float((predict(model, test_x) == np.asarray(test_y)).mean()))
-            row[str(m)] = {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "runs": accs}
-            log.info("augmentation: real %.0f%% + %dx synthetic -> accuracy %.3f +- %.3f",
-                     100 * f, m, row[str(m)]["mean"], row[str(m)]["std"])
-        base = row.get("0", {}).get("mean")
-        gains = [v["mean"] - base for mm, v in row.items() if mm != "0"] if base is not None else []
-        curve[str(f)] = {"accuracy": row, "gain": max(gains) if gains else None}
+                c = ccfg if a.endswith("classical") else cfg
+                model = train_classifier(x, torch.as_tensor(y), k, c, seed=int(s))
+                runs[a].append(float((predict(model, test_x) == np.asarray(test_y)).mean()))
+        row = {a: {"mean": float(np.mean(r)), "std": float(np.std(r)), "runs": r} for a, r in runs.items()}
+        leak = max(extra)
+        for a in arms:
+            log.info("augmentation: real %.0f%% %s -> accuracy %.3f +- %.3f%s", 100 * f, arm_label(a),
+                     row[a]["mean"], row[a]["std"], "  [LEAKY]" if leak and a[0].isdigit() and a != "0" else "")
+        if leak and len(multipliers) > 1:
+            log.warning("LEAK: at real fraction %g the generator saw %d real training images that the augmented "
+                        "classifier did not; its synthetic rows are marked leaky. Train the generator with "
+                        "data.fraction=%g data.fraction_seed=S for a leak-free row", f, leak, f)
+        base = row["0"]["mean"]
+        synth = [row[a]["mean"] - base for a in arms if a not in ("0", "classical")]
+        curve[str(f)] = {
+            "accuracy": row,
+            "paired": {a: paired_difference(runs[a], runs["0"]) for a in arms if a != "0"},
+            "gain": max(synth) if synth else None,
+            "leak": {"leaky": leak > 0, "generator_saw_extra": leak},
+            "subset": f"the generator's own (fraction {f:g}, seed {generator['seed']})" if own
+                      else f"fraction_subset(seed) per classifier seed {list(seeds)}",
+        }
     return curve

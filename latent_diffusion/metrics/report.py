@@ -11,7 +11,8 @@ from latent_diffusion.metrics.kinematics import STATS, UNITS
 from latent_diffusion.utils.io import atomic_write_bytes, atomic_write_json
 from latent_diffusion.utils.pixels import png_bytes, to_uint8
 
-COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
 def _f(v, nd=3) -> str:
@@ -46,16 +47,17 @@ def markdown(m: dict) -> str:
             L.append(row)
         L.append("")
     if "augmentation" in m:
-        curve = m["augmentation"]
-        mults = list(next(iter(curve.values()))["accuracy"])
-        L += ["## Augmentation curve (real test accuracy, mean +- std over seeds)", "",
-              "| real fraction | " + " | ".join(f"+{x}x synthetic" for x in mults) + " | gain |",
-              "|---|" + "---|" * (len(mults) + 1)]
-        for f, row in curve.items():
-            L.append(f"| {float(f):.0%} | " + " | ".join(
-                f"{_f(row['accuracy'][x]['mean'])} +- {_f(row['accuracy'][x]['std'])}" for x in mults)
-                + f" | {_f(row['gain'])} |")
+        L += augmentation_section(m["augmentation"], m.get("generator_data"))
+    if "sifting" in m:
+        sf = m["sifting"]
+        L += [f"## Sifting: kept {sf['kept']} of {sf['n']} generated images ({sf['settings']})", "",
+              "| class | generated | dropped: kinematics | dropped: confidence | kept |", "|---|---|---|---|---|"]
+        L += [f"| {c} | {r['n']} | {r['dropped_kinematics']} | {r['dropped_confidence']} | {r['kept']} |"
+              for c, r in sf["per_class"].items()]
         L.append("")
+        if "augmentation_sifted" in m:
+            sec = augmentation_section(m["augmentation_sifted"], m.get("generator_data"))
+            L += ["## Augmentation curve with sifted generated images", *sec[1:]]
     if "distances" in m:
         d = m["distances"]
         L += [f"## Distances in the domain feature space (n = {d['n']} per set, reference: {d['reference']})", "",
@@ -95,6 +97,46 @@ def markdown(m: dict) -> str:
     return "\n".join(L) + "\n"
 
 
+def augmentation_section(curve: dict, gen: dict | None) -> list[str]:
+    """Markdown: accuracy per arm, paired difference to real only (95% interval), leak labels."""
+    from latent_diffusion.metrics.protocol import arm_label
+
+    arms = list(next(iter(curve.values()))["accuracy"])
+    L = ["## Augmentation curve (real test accuracy, mean +- std over seeds)", ""]
+    if gen and gen.get("known"):
+        L += [f"The generator trained on {gen['n']} real training images (data.fraction={gen['fraction']:g}, "
+              f"fraction_seed={gen['seed']}, file-list fingerprint {gen['fingerprint']}; VAE trained on "
+              f"{gen.get('vae_data')}). The classifiers it augments at that fraction train on exactly "
+              "these images.", ""]
+    else:
+        L += ["The generator's training data is unknown: it is taken to have seen the whole real training "
+              "split.", ""]
+    if any(r.get("leak", {}).get("leaky") for r in curve.values()):
+        L += ["**LEAKY rows**: the generator saw real images the augmented classifier did not, so its synthetic "
+              "images carry information from outside the classifier's data; their gain is an upper bound, not "
+              "a result. Train the generator with data.fraction=F for a leak-free row.", ""]
+    L += ["| real fraction | " + " | ".join(arm_label(a) for a in arms) + " | leak |",
+          "|---|" + "---|" * (len(arms) + 1)]
+    for f, row in curve.items():
+        leak = row.get("leak", {})
+        tag = f"LEAKY (+{leak['generator_saw_extra']} images)" if leak.get("leaky") else "none"
+        L.append(f"| {float(f):.0%} | " + " | ".join(
+            f"{_f(row['accuracy'][a]['mean'])} +- {_f(row['accuracy'][a]['std'])}" for a in arms) + f" | {tag} |")
+    paired = [a for a in arms if a != "0"]
+    if paired and "paired" in next(iter(curve.values())):
+        L += ["", "Paired difference to real only (same subset and classifier seed), mean [95% interval]:", "",
+              "| real fraction | " + " | ".join(arm_label(a) for a in paired) + " |", "|---|" + "---|" * len(paired)]
+        for f, row in curve.items():
+            cells = []
+            for a in paired:
+                d = row["paired"][a]
+                ci = f" [{_f(d['ci95'][0])}, {_f(d['ci95'][1])}]" if d.get("ci95") else ""
+                cells.append(f"{d['mean']:+.3f}{ci}")
+            L.append(f"| {float(f):.0%} | " + " | ".join(cells) + " |")
+    L.append("")
+    return L
+
+
 # ---------------------------------------------------------------------- plots
 
 
@@ -104,7 +146,9 @@ def _frame(w=520, h=360):
 
 
 def augmentation_plot(curve: dict) -> Image.Image:
-    """Accuracy vs real fraction (log-spaced x), one line per synthetic multiplier, +- std bars."""
+    """Accuracy vs real fraction (log-spaced x), one line per arm, +- std bars."""
+    from latent_diffusion.metrics.protocol import arm_label
+
     img, d = _frame()
     x0, y0, x1, y1 = 60, 30, 500, 320
     d.rectangle([x0, y0, x1, y1], outline="black")
@@ -129,7 +173,7 @@ def augmentation_plot(curve: dict) -> Image.Image:
             mu, sd = curve[k]["accuracy"][mult]["mean"], curve[k]["accuracy"][mult]["std"]
             d.line([x, py(mu - sd), x, py(mu + sd)], fill=col)
             d.ellipse([x - 3, py(mu) - 3, x + 3, py(mu) + 3], fill=col)
-        d.text((x0 + 10, y0 + 6 + 14 * j), f"+{mult}x synthetic", fill=col)
+        d.text((x0 + 10, y0 + 6 + 14 * j), arm_label(mult), fill=col)
     d.text((x0 + 150, 8), "real test accuracy vs real training fraction", fill="black")
     return img
 

@@ -121,6 +121,15 @@ def evaluate(cfg: DictConfig) -> dict:
         out["cas"] = protocol.cas(model, gen_x, gen_y.numpy(), names)
         out["cas"]["ratio_to_trtr"] = out["cas"]["accuracy"] / max(out["trtr"]["accuracy"], 1e-12)
         out["classifier"] = {k_: meta[k_] for k_ in ("key", "config", "num_features", "n_train", "test_accuracy")}
+    sift_cfg = cfg.get("sift") or {}
+    keep = None
+    if sift_cfg.get("enabled"):
+        from latent_diffusion.metrics.sifting import sift
+
+        keep, out["sifting"] = sift(gen_x, gen_y.numpy(), train[0], train[1].numpy(), names, kin_params(cfg, src),
+                                    model=model, kinematics=bool(sift_cfg.get("kinematics", True)),
+                                    margin=float(sift_cfg.get("margin", 0.1)),
+                                    min_confidence=sift_cfg.get("min_confidence"))
     pcfg = ClassifierConfig.make({**OmegaConf.to_container(cfg.classifier), **OmegaConf.to_container(cfg.protocol)})
     if "tstr" in parts:
         log.info("TSTR: training on generated images (%.0f s so far)", time.time() - t0)
@@ -130,9 +139,27 @@ def evaluate(cfg: DictConfig) -> dict:
     if "augmentation" in parts:
         log.info("augmentation curve (%.0f s so far)", time.time() - t0)
         a = cfg.augmentation
+        gen_info = generator_subset(cfg, dm, src.split("train"), names)
+        fractions = [float(f) for f in a.fractions]
+        if gen_info.get("fraction") is not None and a.get("match_generator", True):
+            fractions = [float(gen_info["fraction"])]
+            log.info("augmentation: the generator trained on fraction %g (seed %d) of the real training split; "
+                     "the augmented classifiers train on that same subset (augmentation.match_generator=false "
+                     "for the fractions %s instead)", gen_info["fraction"], gen_info["seed"], list(a.fractions))
+        classical = OmegaConf.to_container(a.classical) if a.get("classical") else None
         out["augmentation"] = protocol.augmentation_curve(
             train[0], train[1].numpy(), gen_x, gen_y.numpy(), test[0], test[1].numpy(), names, pcfg,
-            [float(f) for f in a.fractions], [int(m) for m in a.multipliers], [int(s) for s in a.seeds])
+            fractions, [int(m) for m in a.multipliers], [int(s) for s in a.seeds],
+            classical=classical, generator=gen_info)
+        if keep is not None:  # the same curve with only the images sifting kept (metrics/sifting.py)
+            kept = torch.as_tensor(np.flatnonzero(keep))
+            if np.bincount(gen_y.numpy()[keep], minlength=len(names)).min() == 0:
+                log.warning("sifting left a class without generated images: its sifted rows add none of it")
+            out["augmentation_sifted"] = protocol.augmentation_curve(
+                train[0], train[1].numpy(), gen_x[kept], gen_y.numpy()[keep], test[0], test[1].numpy(), names,
+                pcfg, fractions, [int(m) for m in a.multipliers], [int(s) for s in a.seeds],
+                classical=classical, generator=gen_info)
+        out["generator_data"] = {k_: v for k_, v in gen_info.items() if k_ != "seen"}
     if "distances" in parts:
         log.info("distances (%.0f s so far)", time.time() - t0)
         out["distances"] = _distances(cfg, feats, train, val, test, gen_x, gen_y, names)
@@ -151,6 +178,60 @@ def evaluate(cfg: DictConfig) -> dict:
     out["arrays"]["images"] = {"gen": (gen_x, gen_y.numpy()), "real": (train[0], train[1].numpy())}
     out["seconds"] = round(time.time() - t0, 1)
     return out
+
+
+def _generator_export(cfg: DictConfig):
+    """export.json of the generator: run=, else the export a `sample` folder's metadata.json names."""
+    import json
+    from pathlib import Path
+
+    from latent_diffusion.pipeline import find_export
+
+    if cfg.get("run"):
+        return json.loads((find_export(cfg.run) / "export.json").read_text())
+    gen = Path(str(cfg.generated))
+    meta = (gen if gen.is_dir() else gen.parent) / "metadata.json"
+    if meta.is_file():
+        exp = json.loads(meta.read_text()).get("export")
+        if exp and (Path(exp) / "export.json").is_file():
+            return json.loads((Path(exp) / "export.json").read_text())
+    return None
+
+
+def generator_subset(cfg: DictConfig, dm, train_ds, names) -> dict:
+    """Which real training images the generator saw: {"fraction", "seed", "seen", "known", "vae_data"}.
+
+    Read from the generator's export (train records data.fraction / fraction_seed and the
+    fingerprint of the item list); the subset is drawn again here and must hash the same,
+    so the classifiers are trained on exactly the generator's images. Unknown (a folder
+    not written by `sample`, an export from before the record): the whole training split."""
+    from latent_diffusion.data.datamodule import split_item_ids, split_labels
+    from latent_diffusion.data.splits import fraction_subset, subset_fingerprint
+
+    meta = _generator_export(cfg)
+    rec = (meta or {}).get("data_subset")
+    if not rec:
+        log.warning("LEAK CHECK: the generator's training data is unknown (no data_subset record in its export; "
+                    "pass run=<training run>): assuming it saw the whole real training split, so every "
+                    "augmented row below 100%% real data is marked leaky")
+        return {"fraction": None, "seed": None, "seen": None, "known": False}
+    full = {k: v for k, v in dm.fingerprint().items() if k != "train_fraction"}
+    if rec.get("data_fingerprint") is not None and rec["data_fingerprint"] != full:
+        diff = sorted(k for k in set(full) | set(rec["data_fingerprint"])
+                      if full.get(k) != rec["data_fingerprint"].get(k))
+        raise UserError(f"the generator was trained on other real data than real= describes (differs in {diff}): "
+                        "evaluate against the data config it was trained with, or the subset check is meaningless")
+    labels = split_labels(train_ds)
+    idx = fraction_subset(labels, rec["fraction"], rec["seed"], names)
+    ids = split_item_ids(train_ds)
+    if subset_fingerprint([ids[i] for i in idx]) != rec["fingerprint"]:
+        raise UserError(f"the generator's training subset (fraction {rec['fraction']}, seed {rec['seed']}, "
+                        f"fingerprint {rec['fingerprint']}) cannot be drawn again from this real training split: "
+                        "its file list differs from the one the generator was trained on")
+    log.info("the generator trained on %d real training images (fraction %g, seed %d, fingerprint %s)",
+             len(idx), rec["fraction"], rec["seed"], rec["fingerprint"])
+    return {"fraction": float(rec["fraction"]), "seed": int(rec["seed"]), "seen": idx, "known": True,
+            "n": len(idx), "fingerprint": rec["fingerprint"], "vae_data": rec.get("vae_data")}
 
 
 def _config(cfg: DictConfig) -> dict:
