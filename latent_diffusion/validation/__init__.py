@@ -34,7 +34,7 @@ GUIDANCE_WARN = 30.0
 def _data_rules(p: str) -> list[tuple[str, str]]:
     return [(f"{p}.batch_size", "count"), (f"{p}.eval_batch_size", "count"), (f"{p}.num_workers", "count0"),
             (f"{p}.n_per_class", "count"), (f"{p}.val_per_class", "count0"), (f"{p}.test_per_class", "count0"),
-            (f"{p}.workers", "count"), (f"{p}.val_fraction", "fraction"), (f"{p}.test_fraction", "fraction"),
+            (f"{p}.workers", "count0"), (f"{p}.val_fraction", "fraction"), (f"{p}.test_fraction", "fraction"),
             (f"{p}.dynamic_range_db", "positive"), (f"{p}.max_residual", "nonneg"), (f"{p}.seed", "int"),
             *[(f"{p}.radar.{k}", "positive") for k in
               ("carrier_hz", "prf_hz", "duration_s", "window_s", "v_max", "dynamic_range_db")]]
@@ -88,7 +88,7 @@ def _train_vae(cfg) -> None:
 
 
 def _simulate(cfg) -> None:
-    check_ranges(cfg, [("n_per_class", "count"), ("image_size", "count"), ("seed", "int"), ("workers", "count"),
+    check_ranges(cfg, [("n_per_class", "count"), ("image_size", "count"), ("seed", "int"), ("workers", "count0"),
                        ("preview_per_class", "count0"),
                        *[(f"radar.{k}", "positive") for k in
                          ("carrier_hz", "prf_hz", "duration_s", "window_s", "v_max", "dynamic_range_db")]],
