@@ -219,6 +219,12 @@ class ResumeState(Callback):
             return None  # a checkpoint of this step exists already (ModelCheckpoint's or ours)
         path = Path(ckpt_cb.dirpath) / f"{ckpt_cb.CHECKPOINT_NAME_LAST}{ckpt_cb.FILE_EXTENSION}"
         trainer.save_checkpoint(path)
+        # ModelCheckpoint(save_last=True) writes last.ckpt again at on_train_end unless it saved
+        # one itself; a run stopped before its first periodic save (max_steps=1) would then get
+        # last.ckpt rewritten after Lightning marked the epoch complete, and resume in the next
+        # epoch. Telling it that last.ckpt exists keeps ours, the one saved inside the epoch.
+        if hasattr(ckpt_cb, "_last_checkpoint_saved"):
+            ckpt_cb._last_checkpoint_saved = str(path)
         log.info("step %d saved to %s", trainer.global_step, path)
         return path
 

@@ -113,7 +113,13 @@ class LatentDiffusion(L.LightningModule):
         return (losses["loss"] * w).mean(), t, losses
 
     def training_step(self, batch: dict, batch_idx: int):
-        loss, t, losses = self.diffusion_loss(batch, *self.step_generators())
+        g_cpu, g_dev = self.step_generators()
+        # The denoiser's own draws (label drop to the null class, dropout) use the global RNG.
+        # Seeding it from this step's seed makes them a function of (seed, rank, step) too, so a
+        # resumed run, mid-epoch included, draws what the uninterrupted one did whatever
+        # prefetching, validation or callbacks did to the global RNG in between.
+        torch.manual_seed((g_cpu.initial_seed() + 1) % 2**63)
+        loss, t, losses = self.diffusion_loss(batch, g_cpu, g_dev)
         t_sampler = self.diffusion.timestep_sampler  # which t to train on, not an image sampler
         if not isinstance(t_sampler, UniformSampler):
             # every rank must see the same loss history: gather before updating
