@@ -12,7 +12,8 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "latent_diffusion"
 FRAMEWORKS = ("lightning", "pytorch_lightning", "hydra", "omegaconf", "wandb")
 OURS = ("data", "diffusion", "models", "vae", "lit", "metrics", "benchmarks", "pipeline", "sampling",
-        "train", "train_vae", "sample", "evaluate", "simulate", "bench", "demo", "sweeps", "utils")
+        "validation", "train", "train_vae", "train_classifier", "sample", "evaluate", "simulate", "study",
+        "bench", "demo", "sweeps", "utils")
 
 # package -> what it must never import (top-level module names, or latent_diffusion.<part>)
 FORBIDDEN = {
@@ -20,7 +21,11 @@ FORBIDDEN = {
     "models": FRAMEWORKS + tuple(f"latent_diffusion.{p}" for p in OURS if p not in ("models", "utils")),
     "utils": FRAMEWORKS[:2] + tuple(f"latent_diffusion.{p}" for p in OURS if p != "utils"),
     "data": tuple(f"latent_diffusion.{p}" for p in ("lit", "diffusion", "models", "vae", "pipeline",
-                                                      "sampling", "metrics", "benchmarks")),
+                                                      "sampling", "metrics", "benchmarks", "validation")),
+    # checks run before any expensive work: they may read data/'s constants, never build models
+    "validation": ("lightning", "pytorch_lightning") + tuple(
+        f"latent_diffusion.{p}" for p in ("lit", "diffusion", "models", "vae", "pipeline", "sampling",
+                                         "metrics", "benchmarks")),
     "pipeline.py": ("lightning", "pytorch_lightning", "hydra", "latent_diffusion.lit", "latent_diffusion.data",
                     "latent_diffusion.sampling", "latent_diffusion.metrics"),
 }
