@@ -65,6 +65,17 @@ def check_latents_mode(cfg: DictConfig) -> None:
                         "model; use data.latents=online or cached, or vae=none for a pixel-space baseline")
 
 
+def latent_space(cfg: DictConfig, dm, vae) -> tuple[int, int, int]:
+    """The (C, H, W) the model sees: the VAE's latent shape (its latent cache attached when
+    data.latents=cached), or the pixels' for a pixel-space baseline. Shared by `train` and
+    `train_classifier`, whose classifier must see the denoiser's inputs."""
+    if vae is None:
+        return (dm.channels, dm.image_size, dm.image_size)
+    if dm.latents == "cached":
+        dm.use_latent_cache(vae, Path(cfg.paths.cache_dir) / "latents")
+    return vae.latent_shape(dm.image_size)
+
+
 def build(cfg: DictConfig):
     """Everything `fit` needs, from the composed config: (datamodule, module, trainer)."""
     from latent_diffusion.lit.checkpoint_io import AtomicCheckpointIO, ResumeState
@@ -78,12 +89,7 @@ def build(cfg: DictConfig):
     dm.prepare_data()
     dm.setup()
     vae = load_or_train_vae(cfg, dm)  # None for a pixel-space baseline (vae=none)
-    if vae is None:
-        latent_shape = (dm.channels, dm.image_size, dm.image_size)
-    else:
-        latent_shape = vae.latent_shape(dm.image_size)
-        if dm.latents == "cached":
-            dm.use_latent_cache(vae, Path(cfg.paths.cache_dir) / "latents")
+    latent_shape = latent_space(cfg, dm, vae)
 
     # Seed again: whether the VAE was trained, its stats measured or the latent cache built
     # in this process (first run) or read from disk (later runs) must not change the

@@ -8,7 +8,6 @@ with its latent statistics) -> noisy latent classifier -> Trainer.fit -> classif
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import hydra
 import lightning as L
@@ -45,7 +44,7 @@ def adopt_denoiser_run(cfg: DictConfig):
 def build(cfg: DictConfig):
     """(datamodule, module, trainer) from the composed config."""
     from latent_diffusion.lit.classifier_module import NoisyClassifier
-    from latent_diffusion.train import check_latents_mode
+    from latent_diffusion.train import check_latents_mode, latent_space
     from latent_diffusion.vae.resolve import load_or_train_vae, vae_from_reference
 
     torch.set_float32_matmul_precision(cfg.torch.matmul_precision)
@@ -58,13 +57,8 @@ def build(cfg: DictConfig):
         raise UserError(f"data: {dm.num_classes} class ({dm.class_names}); a classifier needs at least two")
     # the denoiser run's own VAE and latent statistics, hash-checked; else as `train` resolves it
     vae = vae_from_reference(vae_ref) if vae_ref else load_or_train_vae(cfg, dm)
-    if vae is None:
-        latent_shape = (dm.channels, dm.image_size, dm.image_size)
-    else:
-        latent_shape = vae.latent_shape(dm.image_size)
-        if dm.latents == "cached":
-            dm.use_latent_cache(vae, Path(cfg.paths.cache_dir) / "latents")
-
+    latent_shape = latent_space(cfg, dm, vae)
+    # seed again, as `train` does: a VAE trained or read here must not change the initial weights
     L.seed_everything(cfg.seed, workers=True)
     diffusion = instantiate(cfg.diffusion)
     classifier = instantiate(cfg.classifier, in_channels=latent_shape[0], sample_size=latent_shape[1],
