@@ -99,20 +99,22 @@ def test_stop_at_a_mid_epoch_step_then_resume_is_bit_exact(root, whole_runs, pat
     _assert_same(_fit(root, f"{path}-part{stop}", STEPS, PATHS[path], resume=True), whole_runs[path])
 
 
-@pytest.mark.slow
-def test_sigkill_at_a_random_step_then_ckpt_path_last_is_bit_exact(root, whole_runs):
-    """The real thing: a `train` process killed (SIGKILL, no handler runs) once its checkpoint of
-    a random step exists, resumed by the CLI with ckpt_path=last, equals the in-process whole run."""
-    whole = whole_runs["dataloader"]  # the VAE cache is shared
-    step = random.Random().randrange(1, STEPS)
-    run = root / "outputs" / "killed"
-    args = [sys.executable, "-m", "latent_diffusion.train", *COMMON, *PATHS["dataloader"],
-            f"trainer.max_steps={STEPS}", f"paths.root_dir={root}", f"hydra.run.dir={run}",
+def _train_args(root: Path, run: Path, steps: int, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "latent_diffusion.train", *COMMON, *PATHS["dataloader"], *extra,
+            f"trainer.max_steps={steps}", f"paths.root_dir={root}", f"hydra.run.dir={run}",
             f"export_dir={run / 'export'}"]
-    # the same intra-op thread count as the in-process run: a CPU conv sums in another order
-    # with another count, and the weights would differ in the last bits
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"WANDB_MODE": "offline"}
-    proc = subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+# the same intra-op thread count as the in-process run: a CPU conv sums in another order
+# with another count, and the weights would differ in the last bits
+ENV = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"WANDB_MODE": "offline"}
+
+
+def _kill_then_resume(root: Path, run: Path, args: list[str], step: int) -> dict:
+    """Start `train`, SIGKILL its whole process group (ddp_sim's spawned ranks too) once
+    last.ckpt holds step >= `step`, resume with ckpt_path=last; -> the final last.ckpt."""
+    proc = subprocess.Popen(args, cwd=root, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
     last, t0 = run / "checkpoints" / "last.ckpt", time.time()
     while True:
         assert proc.poll() is None, proc.stdout.read()[-3000:]
@@ -120,14 +122,40 @@ def test_sigkill_at_a_random_step_then_ckpt_path_last_is_bit_exact(root, whole_r
         if last.exists() and load_checkpoint(last)["global_step"] >= step:
             break
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed_at = load_checkpoint(last)["global_step"]
-    assert killed_at < STEPS
-    out = subprocess.run([*args, "ckpt_path=last"], cwd=root, env=env, capture_output=True, text=True)
+    killed = load_checkpoint(last)
+    out = subprocess.run([*args, "ckpt_path=last"], cwd=root, env=ENV, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "dataloader is not resumable" not in out.stdout + out.stderr
-    _assert_same(load_checkpoint(last), whole)
+    return {"killed": killed, "final": load_checkpoint(last)}
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_step_then_ckpt_path_last_is_bit_exact(root, whole_runs):
+    """The real thing: a `train` process killed (SIGKILL, no handler runs) once its checkpoint of
+    a random step exists, resumed by the CLI with ckpt_path=last, equals the in-process whole run."""
+    step = random.Random().randrange(1, STEPS)
+    run = root / "outputs" / "killed"
+    got = _kill_then_resume(root, run, _train_args(root, run, STEPS, []), step)
+    assert got["killed"]["global_step"] < STEPS
+    _assert_same(got["final"], whole_runs["dataloader"])  # the VAE cache is shared
+
+
+@pytest.mark.slow
+def test_sigkill_under_ddp_sim_mid_epoch_then_resume_is_bit_exact(root, whole_runs):
+    """Two ranks (trainer=ddp_sim, gloo): 64 images in batches of 8 per rank give 4 steps per
+    epoch, so the checkpoint of step 2 lies inside epoch 0; killed there and resumed, the run
+    ends as an uninterrupted two-rank run does."""
+    ddp, steps = ["trainer=ddp_sim", "data.batch_size=8"], 5
+    whole = root / "outputs" / "ddp-whole"
+    out = subprocess.run(_train_args(root, whole, steps, ddp), cwd=root, env=ENV, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = root / "outputs" / "ddp-killed"
+    got = _kill_then_resume(root, run, _train_args(root, run, steps, ddp), 2)
+    assert got["killed"]["global_step"] == 2
+    assert _position(got["killed"]) == {"epoch": 0, "index": 2 * 8}  # mid-epoch, per rank
+    _assert_same(got["final"], load_checkpoint(whole / "checkpoints" / "last.ckpt"))
 
 
 @pytest.mark.parametrize("world", [1, 2])
