@@ -1,4 +1,5 @@
-"""python -m latent_diffusion.bench out_dir=D [parts=[train,batch,data,vae,sample,gpu_switches,profile]]
+"""python -m latent_diffusion.bench out_dir=D
+[parts=[train,batch,data,vae,sample,gpu_switches,profile]]
 
 Performance of the whole pipeline measured side by side in one process
 (latent_diffusion/benchmarks/): writes D/bench.json and D/bench.md.
@@ -34,7 +35,9 @@ def main(cfg: DictConfig) -> None:
 
     bad = [p for p in cfg.parts if p not in PART_NAMES]
     if bad:  # before importing torch & co: a typo answers in a second
-        raise UserError(f"parts={list(cfg.parts)}: unknown part(s) {bad}; choose from {list(PART_NAMES)}")
+        raise UserError(
+            f"parts={list(cfg.parts)}: unknown part(s) {bad}; choose from {list(PART_NAMES)}"
+        )
     from latent_diffusion.benchmarks.runner import run_bench
 
     cfg = with_quick(cfg, list(HydraConfig.get().overrides.task))
@@ -42,7 +45,9 @@ def main(cfg: DictConfig) -> None:
 
     result = run_bench(cfg, argv=sys.argv[1:])
     for name, s in result["summary"].items():
-        print(f"{name}: {s['value']:.3f} (target {s['target']}, {'met' if s['met'] else 'NOT met'})")
+        print(
+            f"{name}: {s['value']:.3f} (target {s['target']}, {'met' if s['met'] else 'NOT met'})"
+        )
     print(f"wrote {cfg.out_dir}/bench.json and bench.md")
 
 

@@ -22,19 +22,42 @@ REPORT = Path("outputs/demo/report")
 
 def stages(fast: bool) -> list[tuple[str, list[str]]]:
     train = ["experiment=demo", "ckpt_path=last"]
-    sample = [f"run={RUN}", "sampler=dpmpp", "steps=20", "guidance=3.0", "n_per_class=32",
-              f"out_dir={SAMPLES}"]
-    evaluate = ["real=microdoppler", f"generated={SAMPLES}", f"out_dir={REPORT}", f"run={RUN}",
-                "augmentation.fractions=[0.25,1.0]", "augmentation.multipliers=[0,1]",
-                "augmentation.seeds=[0]"]
+    sample = [
+        f"run={RUN}",
+        "sampler=dpmpp",
+        "steps=20",
+        "guidance=3.0",
+        "n_per_class=32",
+        f"out_dir={SAMPLES}",
+    ]
+    evaluate = [
+        "real=microdoppler",
+        f"generated={SAMPLES}",
+        f"out_dir={REPORT}",
+        f"run={RUN}",
+        "augmentation.fractions=[0.25,1.0]",
+        "augmentation.multipliers=[0,1]",
+        "augmentation.seeds=[0]",
+    ]
     if fast:  # a smoke run of the same pipeline (tests)
         train += ["debug=fast", "trainer.max_steps=20", "trainer.val_check_interval=10"]
         sample[-2] = "n_per_class=8"
-        evaluate += ["real.n_per_class=16", "classifier.steps=20", "protocol.steps=20", "min_samples=8"]
+        evaluate += [
+            "real.n_per_class=16",
+            "classifier.steps=20",
+            "protocol.steps=20",
+            "min_samples=8",
+        ]
     return [
-        ("simulate a preview of the data", ["simulate", "out_dir=outputs/demo/data", "n_per_class=8"]),
+        (
+            "simulate a preview of the data",
+            ["simulate", "out_dir=outputs/demo/data", "n_per_class=8"],
+        ),
         ("train the VAE (first run only) and the latent diffusion model", ["train", *train]),
-        ("sample 32 spectrograms per class (DPM-Solver++, 20 steps, guidance 3)", ["sample", *sample]),
+        (
+            "sample 32 spectrograms per class (DPM-Solver++, 20 steps, guidance 3)",
+            ["sample", *sample],
+        ),
         ("evaluate against held-out simulated data", ["evaluate", *evaluate]),
     ]
 
@@ -46,16 +69,20 @@ def main(argv=None) -> int:
     t_all = time.time()
     for i, (what, (entry, *overrides)) in enumerate(stages(args.fast), 1):
         cmd = [sys.executable, "-m", f"latent_diffusion.{entry}", *overrides]
-        print(f"\n=== [{i}/4] {what}\n    $ python -m latent_diffusion.{entry} {' '.join(overrides)}",
-              flush=True)
+        print(
+            f"\n=== [{i}/4] {what}\n    $ python -m latent_diffusion.{entry} {' '.join(overrides)}",
+            flush=True,
+        )
         t0 = time.time()
         if entry == "simulate" and Path("outputs/demo/data/metadata.json").exists():
             print("    (already there)")
             continue
         rc = subprocess.call(cmd)
         if rc != 0:
-            print(f"\ndemo: stage {i} ({entry}) failed with exit code {rc}; see the messages above.",
-                  file=sys.stderr)
+            print(
+                f"\ndemo: stage {i} ({entry}) failed with exit code {rc}; see the messages above.",
+                file=sys.stderr,
+            )
             return rc
         print(f"    done in {time.time() - t0:.0f} s", flush=True)
     wandb_runs = sorted(RUN.glob("wandb/offline-run-*"))

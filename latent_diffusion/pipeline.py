@@ -80,7 +80,9 @@ IMAGE_SEED_RULE = "int(sha256(json ['sample', seed, class_index, index])[:16], 1
 def image_seed(seed: int, class_index: int, index: int) -> int:
     """Image (class_index, index)'s own seed: 63 bits of sha256 over the triple, so
     nearby seeds give unrelated noise and no two images share a stream by accident."""
-    return int(stable_hash(["sample", int(seed), int(class_index), int(index)], n=16), 16) & (2**63 - 1)
+    return int(stable_hash(["sample", int(seed), int(class_index), int(index)], n=16), 16) & (
+        2**63 - 1
+    )
 
 
 def indices_within_class(labels: Sequence[int]) -> list[int]:
@@ -136,13 +138,17 @@ def check_export_meta(meta: dict, path, vae=None) -> None:
         if vae is not None and meta.get("image_size"):
             got = list(vae.latent_shape(int(meta["image_size"])))
             if got != shape:
-                diffs.append(f"the VAE turns image_size {meta['image_size']} into latents {got}, not {shape}")
+                diffs.append(
+                    f"the VAE turns image_size {meta['image_size']} into latents {got}, not {shape}"
+                )
     if m.get("num_classes") is not None and int(m["num_classes"]) != len(names):
         diffs.append(f"model.num_classes {m['num_classes']} vs {len(names)} class_names {names}")
     if diffs:
-        raise UserError(f"the export at {path} is inconsistent: {'; '.join(diffs)}. It was edited by hand or "
-                        "assembled from different runs; re-export the run (python -m latent_diffusion.train "
-                        "run_name=<run> ckpt_path=last) or use the original export folder")
+        raise UserError(
+            f"the export at {path} is inconsistent: {'; '.join(diffs)}. It was edited by hand or "
+            "assembled from different runs; re-export the run (python -m latent_diffusion.train "
+            "run_name=<run> ckpt_path=last) or use the original export folder"
+        )
 
 
 def find_export(run) -> Path:
@@ -163,12 +169,16 @@ def read_export_meta(run) -> tuple[Path, dict]:
     try:
         return path, json.loads((path / EXPORT_FILE).read_text())
     except (OSError, ValueError) as err:
-        raise UserError(f"{path / EXPORT_FILE} cannot be read ({err}): this export is damaged; {REBUILD}") from None
+        raise UserError(
+            f"{path / EXPORT_FILE} cannot be read ({err}): this export is damaged; {REBUILD}"
+        ) from None
 
 
 # what a damaged (truncated, overwritten) export's message says to do
-REBUILD = ("rebuild it with `python -m latent_diffusion.train run_name=<its run> ckpt_path=last` "
-           "(re-exports the run's last checkpoint) or copy it again")
+REBUILD = (
+    "rebuild it with `python -m latent_diffusion.train run_name=<its run> ckpt_path=last` "
+    "(re-exports the run's last checkpoint) or copy it again"
+)
 
 
 def diffusers_model(denoiser):
@@ -193,8 +203,16 @@ class LatentDiffusionPipelineOutput(BaseOutput):
 class LatentDiffusionPipeline:
     """denoiser + diffusion + frozen VAE (or None: a pixel-space model) + class names."""
 
-    def __init__(self, denoiser, diffusion, class_names: Sequence[str], latent_shape: Sequence[int],
-                 vae=None, config: dict | None = None, path: Path | None = None):
+    def __init__(
+        self,
+        denoiser,
+        diffusion,
+        class_names: Sequence[str],
+        latent_shape: Sequence[int],
+        vae=None,
+        config: dict | None = None,
+        path: Path | None = None,
+    ):
         self.denoiser = denoiser
         self.diffusion = diffusion
         self.vae = vae
@@ -202,7 +220,9 @@ class LatentDiffusionPipeline:
         self.latent_shape = tuple(int(s) for s in latent_shape)
         self.config = dict(config or {})  # export.json: model / diffusion configs, provenance
         self.path = path
-        self.classifier = None  # a noisy latent classifier for classifier guidance (load_classifier)
+        self.classifier = (
+            None  # a noisy latent classifier for classifier guidance (load_classifier)
+        )
         self.classifier_meta: dict | None = None
 
     @property
@@ -228,7 +248,9 @@ class LatentDiffusionPipeline:
 
     # -------------------------------------------------------------- loading / saving
     @classmethod
-    def from_pretrained(cls, path, device="cpu", vae_path=None, load_vae: bool = True) -> LatentDiffusionPipeline:
+    def from_pretrained(
+        cls, path, device="cpu", vae_path=None, load_vae: bool = True
+    ) -> LatentDiffusionPipeline:
         """Rebuild an export (a run directory or its export/ folder): safetensors only.
         vae_path: where the VAE the export names lives now (its weights hash is checked);
         load_vae=False skips the VAE (the sampler's latents are then the output)."""
@@ -242,23 +264,32 @@ class LatentDiffusionPipeline:
         denoiser = build_denoiser(**model_cfg)
         weights = path / "denoiser" / "diffusion_pytorch_model.safetensors"
         if not weights.is_file():
-            raise UserError(f"{weights} is missing: the export at {path} is incomplete; re-export the run")
+            raise UserError(
+                f"{weights} is missing: the export at {path} is incomplete; re-export the run"
+            )
         try:
             state = load_file(weights)
-        except Exception as err:  # safetensors raises its own error type for a cut-off header or body
-            raise UserError(f"{weights} cannot be read ({type(err).__name__}: {err}): this export is damaged "
-                            f"(truncated or overwritten); {REBUILD}") from None
+        except (
+            Exception
+        ) as err:  # safetensors raises its own error type for a cut-off header or body
+            raise UserError(
+                f"{weights} cannot be read ({type(err).__name__}: {err}): this export is damaged "
+                f"(truncated or overwritten); {REBUILD}"
+            ) from None
         try:
             missing, unexpected = diffusers_model(denoiser).load_state_dict(state, strict=False)
         except RuntimeError as err:  # size mismatches are raised even with strict=False
-            missing, unexpected = [(str(err).strip().splitlines() or [''])[-1].strip()[:200]], []
+            missing, unexpected = [(str(err).strip().splitlines() or [""])[-1].strip()[:200]], []
         if missing or unexpected:
             raise UserError(
                 f"{weights} does not match the model config in {path / EXPORT_FILE} "
-                f"(missing {missing[:3]}, unexpected {unexpected[:3]}): the export was changed by hand"
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]}): the export was changed by "
+                f"hand"
             )
         denoiser.eval().requires_grad_(False).to(device)
-        diffusion = create_diffusion(**{k: v for k, v in meta["diffusion"].items() if k != "_target_"})
+        diffusion = create_diffusion(
+            **{k: v for k, v in meta["diffusion"].items() if k != "_target_"}
+        )
         vae = cls.load_vae(path, device, vae_path) if load_vae else None
         if vae is not None:
             check_export_meta(meta, path, vae)  # the VAE's latents vs the export's latent shape
@@ -289,7 +320,10 @@ class LatentDiffusionPipeline:
         folder = find_classifier(path)
         classifier, meta = load_classifier(folder, "cpu")
         check_fits(meta, self.config, folder, self.path)
-        self.classifier, self.classifier_meta = classifier.to(self.device), {**meta, "path": str(folder)}
+        self.classifier, self.classifier_meta = (
+            classifier.to(self.device),
+            {**meta, "path": str(folder)},
+        )
         return self
 
     def save_pretrained(self, out_dir, run_config_yaml: str | None = None, **provenance) -> Path:
@@ -300,10 +334,16 @@ class LatentDiffusionPipeline:
 
         out_dir = Path(out_dir)
         meta = {"version": EXPORT_VERSION, **self.config, **provenance}
-        meta.update(version=EXPORT_VERSION, class_names=self.class_names, latent_shape=list(self.latent_shape),
-                    vae=vae_reference(self.vae) if self.vae is not None else None)
+        meta.update(
+            version=EXPORT_VERSION,
+            class_names=self.class_names,
+            latent_shape=list(self.latent_shape),
+            vae=vae_reference(self.vae) if self.vae is not None else None,
+        )
         with atomic_dir(out_dir) as tmp:
-            diffusers_model(self.denoiser).save_pretrained(tmp / "denoiser", safe_serialization=True)
+            diffusers_model(self.denoiser).save_pretrained(
+                tmp / "denoiser", safe_serialization=True
+            )
             atomic_write_json(tmp / EXPORT_FILE, meta)
             if run_config_yaml is not None:
                 (tmp / "config.yaml").write_text(run_config_yaml)
@@ -324,8 +364,10 @@ class LatentDiffusionPipeline:
             else:
                 c = int(c)
                 if not 0 <= c < len(self.class_names):
-                    raise UserError(f"class index {c} is out of range; the model has "
-                                    f"{len(self.class_names)} classes {self.class_names}")
+                    raise UserError(
+                        f"class index {c} is out of range; the model has "
+                        f"{len(self.class_names)} classes {self.class_names}"
+                    )
                 ids.append(c)
         return ids
 
@@ -366,39 +408,65 @@ class LatentDiffusionPipeline:
         if output_type not in OUTPUT_TYPES:
             raise UserError(f"output_type={output_type!r}: use one of {', '.join(OUTPUT_TYPES)}")
         labels = self.label_ids(class_labels)
-        steps = check_sampling_args(sampler, num_inference_steps, guidance_scale, eta, self.num_timesteps)
+        steps = check_sampling_args(
+            sampler, num_inference_steps, guidance_scale, eta, self.num_timesteps
+        )
         classifier_scale = check_scale(classifier_scale)
         if classifier_scale > 0 and self.classifier is None:
-            raise UserError(f"classifier_scale={classifier_scale:g} needs a classifier: pipe.load_classifier(PATH) "
-                            "(sample: classifier=PATH), or classifier_scale=0")
+            raise UserError(
+                f"classifier_scale={classifier_scale:g} needs a classifier: "
+                f"pipe.load_classifier(PATH) "
+                "(sample: classifier=PATH), or classifier_scale=0"
+            )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"batch_size={batch_size!r}: must be an integer >= 1")
         if indices is None:
             indices = indices_within_class(labels)
         if len(indices) != len(labels):
-            raise UserError(f"{len(indices)} indices for {len(labels)} class labels: give one per image")
+            raise UserError(
+                f"{len(indices)} indices for {len(labels)} class labels: give one per image"
+            )
         if isinstance(generator, (list, tuple)) and len(generator) != len(labels):
-            raise UserError(f"{len(generator)} generators for {len(labels)} images: give one per image")
+            raise UserError(
+                f"{len(generator)} generators for {len(labels)} images: give one per image"
+            )
         device = self.device
         kw = {"eta": float(eta)} if sampler == "ddim" else {}
         xs, zs = [], []
         for start in range(0, len(labels), batch_size):
-            chunk = labels[start:start + batch_size]
+            chunk = labels[start : start + batch_size]
             if generator is None:
                 # CPU generators: the same numbers on every device and rank
                 gens = generators_from_seeds(
-                    [image_seed(seed, c, k) for c, k in zip(chunk, indices[start:start + batch_size],
-                                                            strict=True)], "cpu")
+                    [
+                        image_seed(seed, c, k)
+                        for c, k in zip(chunk, indices[start : start + batch_size], strict=True)
+                    ],
+                    "cpu",
+                )
             elif isinstance(generator, torch.Generator):
                 gens = generator
             else:
-                gens = list(generator[start:start + batch_size])
+                gens = list(generator[start : start + batch_size])
             y = torch.tensor(chunk, dtype=torch.long, device=device)  # (B,)
             fn = cfg_model_fn(self.denoiser, y, self.denoiser.null_class, float(guidance_scale))
             # scale 0 passes no hook: the unguided sampler, without the classifier's cost
-            cond = classifier_cond_fn(self.classifier, y, classifier_scale) if classifier_scale > 0 else None
-            z = sample(sampler, self.diffusion, fn, (len(chunk), *self.latent_shape), steps=steps,
-                       generators=gens, device=device, cond_fn=cond, **kw)  # (B, c, h, w) float32
+            cond = (
+                classifier_cond_fn(self.classifier, y, classifier_scale)
+                if classifier_scale > 0
+                else None
+            )
+            z = sample(
+                sampler,
+                self.diffusion,
+                fn,
+                (len(chunk), *self.latent_shape),
+                steps=steps,
+                generators=gens,
+                device=device,
+                cond_fn=cond,
+                **kw,
+            )  # (B, c, h, w) float32
             zs.append(z.cpu())
             if output_type != "latent":
                 xs.append(self.decode(z).float().cpu())  # (B, C, H, W) in [-1, 1]
@@ -408,8 +476,9 @@ class LatentDiffusionPipeline:
         if output_type == "latent":
             return LatentDiffusionPipelineOutput(images=z, latents=z if return_latents else None)
         x = torch.cat(xs) if xs else torch.zeros((0, 1, 1, 1))
-        return LatentDiffusionPipelineOutput(images=self.postprocess(x, output_type),
-                                             latents=z if return_latents else None)
+        return LatentDiffusionPipelineOutput(
+            images=self.postprocess(x, output_type), latents=z if return_latents else None
+        )
 
     @staticmethod
     def postprocess(x: torch.Tensor, output_type: str):
@@ -426,7 +495,15 @@ class LatentDiffusionPipeline:
 
 
 __all__ = [
-    "DEFAULT_GUIDANCE", "DEFAULT_SAMPLER", "LatentDiffusionPipeline", "LatentDiffusionPipelineOutput",
-    "check_export_meta", "check_sampling_args", "diffusers_model", "find_export", "image_seed",
-    "indices_within_class", "read_export_meta",
+    "DEFAULT_GUIDANCE",
+    "DEFAULT_SAMPLER",
+    "LatentDiffusionPipeline",
+    "LatentDiffusionPipelineOutput",
+    "check_export_meta",
+    "check_sampling_args",
+    "diffusers_model",
+    "find_export",
+    "image_seed",
+    "indices_within_class",
+    "read_export_meta",
 ]

@@ -74,8 +74,15 @@ def resolve_classes(classes, known: list[str]) -> list[int]:
     return [known.index(c) for c in names]
 
 
-def check_args(sampler: str, steps, guidance: float, n_per_class: int, batch_size: int,
-               eta: float, num_timesteps: int) -> int | None:
+def check_args(
+    sampler: str,
+    steps,
+    guidance: float,
+    n_per_class: int,
+    batch_size: int,
+    eta: float,
+    num_timesteps: int,
+) -> int | None:
     """UserErrors for values out of range; returns the step count to use (None = all T)."""
     steps = check_sampling_args(sampler, steps, guidance, eta, num_timesteps)
     if not isinstance(n_per_class, int) or n_per_class < 1:
@@ -98,13 +105,17 @@ def pick_device(device: str | None, local_rank: int = 0) -> torch.device:
     except RuntimeError as err:
         raise UserError(f"device={device!r}: {err}; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device={device}: no CUDA GPU is visible here; use device=auto or device=cpu")
+        raise UserError(
+            f"device={device}: no CUDA GPU is visible here; use device=auto or device=cpu"
+        )
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank % torch.cuda.device_count())
     return dev
 
 
-def resolve_classifier(classifier, classifier_scale, export_path: Path, meta: dict) -> tuple[Path | None, float]:
+def resolve_classifier(
+    classifier, classifier_scale, export_path: Path, meta: dict
+) -> tuple[Path | None, float]:
     """classifier=PATH classifier_scale=S -> (classifier folder or None, scale), checked against the
     export's classes, latent shape, VAE and schedule from the JSON files alone, before any loading.
     classifier_scale null = 1 with a classifier (p(x | y) for an exact classifier)."""
@@ -113,8 +124,11 @@ def resolve_classifier(classifier, classifier_scale, export_path: Path, meta: di
 
     if classifier in (None, ""):
         if classifier_scale not in (None, 0, 0.0):
-            raise UserError(f"classifier_scale={classifier_scale} needs classifier=PATH (a train_classifier run "
-                            "folder); drop classifier_scale or name the classifier")
+            raise UserError(
+                f"classifier_scale={classifier_scale} needs classifier=PATH (a train_classifier "
+                f"run "
+                "folder); drop classifier_scale or name the classifier"
+            )
         return None, 0.0
     scale = check_scale(1.0 if classifier_scale is None else classifier_scale)
     folder = find_classifier(classifier)
@@ -126,23 +140,53 @@ def resolve_classifier(classifier, classifier_scale, export_path: Path, meta: di
 
 
 # ------------------------------------------------------------------ sampling
-def generate(pipe, items: Sequence[tuple[int, int]], sampler: str, steps: int | None, guidance: float,
-             seed: int, batch_size: int, eta: float = 0.0,
-             on_batch: Callable[[int], None] | None = None, classifier_scale: float = 0.0) -> np.ndarray:
-    """Images (N, H, W, C) uint8 of `items` [(class index, index within class)] from the pipeline."""
-    out = pipe([c for c, _ in items], num_inference_steps=steps, guidance_scale=guidance, sampler=sampler,
-               seed=seed, indices=[k for _, k in items], eta=eta, batch_size=batch_size,
-               output_type="uint8", on_batch=on_batch, classifier_scale=classifier_scale)
+def generate(
+    pipe,
+    items: Sequence[tuple[int, int]],
+    sampler: str,
+    steps: int | None,
+    guidance: float,
+    seed: int,
+    batch_size: int,
+    eta: float = 0.0,
+    on_batch: Callable[[int], None] | None = None,
+    classifier_scale: float = 0.0,
+) -> np.ndarray:
+    """Images (N, H, W, C) uint8 of `items` [(class index, index within class)] from the
+    pipeline."""
+    out = pipe(
+        [c for c, _ in items],
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        sampler=sampler,
+        seed=seed,
+        indices=[k for _, k in items],
+        eta=eta,
+        batch_size=batch_size,
+        output_type="uint8",
+        on_batch=on_batch,
+        classifier_scale=classifier_scale,
+    )
     return out.images if len(items) else np.zeros((0, 1, 1, 1), np.uint8)
 
 
 # ------------------------------------------------------------------ the output folder
-def default_out_dir(export_path: Path, sampler: str, steps: int, guidance: float, seed: int,
-                    classifier_scale: float = 0.0) -> Path:
+def default_out_dir(
+    export_path: Path,
+    sampler: str,
+    steps: int,
+    guidance: float,
+    seed: int,
+    classifier_scale: float = 0.0,
+) -> Path:
     """<run dir>/samples/<sampler>-<steps>-w<guidance>[-cls<classifier scale>]-seed<seed>
     (run dir = the export's parent)."""
     cls = f"-cls{float(classifier_scale):g}" if classifier_scale else ""
-    return Path(export_path).parent / "samples" / f"{sampler}-{steps}-w{float(guidance):g}{cls}-seed{int(seed)}"
+    return (
+        Path(export_path).parent
+        / "samples"
+        / f"{sampler}-{steps}-w{float(guidance):g}{cls}-seed{int(seed)}"
+    )
 
 
 def check_out_dir(out: Path) -> None:
@@ -150,14 +194,20 @@ def check_out_dir(out: Path) -> None:
     check_replaceable(out, WRITER, "sample")
 
 
-def write_samples(out: Path, images: np.ndarray, items: Sequence[tuple[int, int]], class_names: list[str],
-                  meta: dict) -> Path:
+def write_samples(
+    out: Path,
+    images: np.ndarray,
+    items: Sequence[tuple[int, int]],
+    class_names: list[str],
+    meta: dict,
+) -> Path:
     """Write the sample folder under a temporary name, then rename it to `out`.
 
     out/<class>/<class>_<index:05d>.png   8-bit grey, row 0 = top = +velocity, as simulate writes
     out/grid.png                          one labelled row per class, up to 8 columns
     out/samples.npz                       arr_0 (N, H, W, C) uint8, arr_1 (N,) int64 class
-                                          indices into meta["class_names"] (guided-diffusion's format)
+                                          indices into meta["class_names"] (guided-diffusion's
+                                          format)
     out/metadata.json                     meta + the file list with each image's seed
     """
     labels = np.array([c for c, _ in items], dtype=np.int64)
@@ -169,8 +219,14 @@ def write_samples(out: Path, images: np.ndarray, items: Sequence[tuple[int, int]
         for img, (c, k) in zip(images, items, strict=True):
             name = f"{class_names[c]}/{class_names[c]}_{k:05d}.png"
             (tmp / name).write_bytes(png_bytes(img))
-            files.append({"file": name, "class": class_names[c], "index": k,
-                          "seed": image_seed(meta["seed"], c, k)})
+            files.append(
+                {
+                    "file": name,
+                    "class": class_names[c],
+                    "index": k,
+                    "seed": image_seed(meta["seed"], c, k),
+                }
+            )
         n_cols = min(GRID_COLS, min(int((labels == c).sum()) for c in order))
         rows = np.concatenate([images[labels == c][:n_cols] for c in order])
         class_grid(rows, [class_names[c] for c in order], n_cols).save(tmp / "grid.png")
@@ -227,12 +283,19 @@ def sample_run(cfg) -> Path | None:
     export_path, meta = read_export_meta(cfg.run)
     T = int(meta["diffusion"]["timesteps"])
     sampler = str(cfg.sampler)
-    steps = check_args(sampler, cfg.steps, cfg.guidance, cfg.n_per_class, cfg.batch_size, cfg.eta, T)
+    steps = check_args(
+        sampler, cfg.steps, cfg.guidance, cfg.n_per_class, cfg.batch_size, cfg.eta, T
+    )
     class_idx = resolve_classes(cfg.classes, list(meta["class_names"]))
     guidance, seed = float(cfg.guidance), int(cfg.seed)
-    classifier, cls_scale = resolve_classifier(cfg.get("classifier"), cfg.get("classifier_scale"), export_path, meta)
-    out = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(export_path, sampler, steps or T, guidance, seed,
-                                                                cls_scale)
+    classifier, cls_scale = resolve_classifier(
+        cfg.get("classifier"), cfg.get("classifier_scale"), export_path, meta
+    )
+    out = (
+        Path(cfg.out_dir)
+        if cfg.out_dir
+        else default_out_dir(export_path, sampler, steps or T, guidance, seed, cls_scale)
+    )
     check_out_dir(out)  # on every rank, so that none starts work rank 0 refuses
 
     device = pick_device(cfg.device, local)
@@ -253,11 +316,26 @@ def sample_run(cfg) -> Path | None:
 
         items = plan(class_idx, int(cfg.n_per_class))
         mine = shard(len(items), rank, world)
-        bar = tqdm(total=len(mine), unit="img", desc=f"{sampler}-{steps or T} w={guidance:g}",
-                   disable=rank != 0 or not cfg.progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=len(mine),
+            unit="img",
+            desc=f"{sampler}-{steps or T} w={guidance:g}",
+            disable=rank != 0 or not cfg.progress,
+            dynamic_ncols=True,
+        )
         t0 = time.time()
-        part = generate(pipe, [items[i] for i in mine], sampler, steps, guidance, seed,
-                        int(cfg.batch_size), float(cfg.eta), on_batch=bar.update, classifier_scale=cls_scale)
+        part = generate(
+            pipe,
+            [items[i] for i in mine],
+            sampler,
+            steps,
+            guidance,
+            seed,
+            int(cfg.batch_size),
+            float(cfg.eta),
+            on_batch=bar.update,
+            classifier_scale=cls_scale,
+        )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t_sample = time.time() - t0
@@ -288,7 +366,7 @@ def sample_run(cfg) -> Path | None:
             "n_images": len(items),
             "image_shape": list(images.shape[1:]),
             "pixels": "8-bit grey, value/255 = (x + 1) / 2 of the package's [-1, 1] convention; "
-                      "row 0 = +v_max (approaching), columns = time (as simulate writes)",
+            "row 0 = +v_max (approaching), columns = time (as simulate writes)",
             "batch_size": int(cfg.batch_size),
             "world_size": world,
             "device": str(device),
@@ -299,10 +377,17 @@ def sample_run(cfg) -> Path | None:
         # the write time is known only after the folder is in place; record it beside the rest
         record_path = out / "metadata.json"
         full = json.loads(record_path.read_text())
-        full["timings_s"].update(write=round(time.time() - t0, 3), total=round(time.time() - t_start, 3))
+        full["timings_s"].update(
+            write=round(time.time() - t0, 3), total=round(time.time() - t_start, 3)
+        )
         atomic_write_json(record_path, full)
-        log.info("%d images in %.1f s (%.2f images/s) -> %s", len(items), t_sample,
-                 record["images_per_s"], out)
+        log.info(
+            "%d images in %.1f s (%.2f images/s) -> %s",
+            len(items),
+            t_sample,
+            record["images_per_s"],
+            out,
+        )
         return out
     finally:
         if world > 1 and dist.is_initialized():

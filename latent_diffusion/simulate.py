@@ -1,4 +1,5 @@
-"""python -m latent_diffusion.simulate out_dir=D n_per_class=N image_size=S seed=K classes=[walk,run]
+"""python -m latent_diffusion.simulate out_dir=D n_per_class=N image_size=S seed=K
+classes=[walk,run]
 
 Writes a simulated data set in the layout data=image_folder reads:
 D/<class>/<class>_<index:05d>.png (8-bit grey, row 0 = +v_max), D/metadata.json
@@ -34,7 +35,9 @@ def to_u8(pix_u16: np.ndarray) -> np.ndarray:
     return np.round(pix_u16.astype(np.float64) / 257.0).astype(np.uint8)
 
 
-def preview_grid(rows: list[np.ndarray], names: list[str], pad: int = 2, label_w: int = 64) -> Image.Image:
+def preview_grid(
+    rows: list[np.ndarray], names: list[str], pad: int = 2, label_w: int = 64
+) -> Image.Image:
     """One row of images per class, the class name on the left (PIL's default font)."""
     h, w = rows[0].shape[1:]
     n = max(len(r) for r in rows)
@@ -68,9 +71,16 @@ def simulate(cfg: DictConfig) -> Path:
 
     t0 = time.time()
     workers = min(8, os.cpu_count() or 1) if cfg.workers is None else int(cfg.workers)
-    pix, labels, params = generate(classes, int(cfg.n_per_class), cfg.split, int(cfg.seed), size, radar, workers)
+    pix, labels, params = generate(
+        classes, int(cfg.n_per_class), cfg.split, int(cfg.seed), size, radar, workers
+    )
     elapsed = time.time() - t0
-    log.info("simulated %d spectrograms in %.1f s (%.0f / min)", len(labels), elapsed, 60 * len(labels) / max(elapsed, 1e-9))
+    log.info(
+        "simulated %d spectrograms in %.1f s (%.0f / min)",
+        len(labels),
+        elapsed,
+        60 * len(labels) / max(elapsed, 1e-9),
+    )
     u8 = to_u8(pix)
     samples = []
     with atomic_dir(out, overwrite=True) as tmp:
@@ -93,7 +103,8 @@ def simulate(cfg: DictConfig) -> Path:
             "n_per_class": int(cfg.n_per_class),
             "radar": dataclasses.asdict(radar),
             "pixels": "8-bit grey; value/255 = (dB + D) / D, D = radar.dynamic_range_db; "
-            "row 0 = +v_max (approaching), rows linear in radial velocity; columns = time over duration_s",
+            "row 0 = +v_max (approaching), rows linear in radial velocity; columns = time over "
+            "duration_s",
             "samples": samples,
         }
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=1) + "\n")

@@ -1,4 +1,5 @@
-"""python -m latent_diffusion.study dataset=microdoppler_hard study_dir=D: the leak-free augmentation study.
+"""python -m latent_diffusion.study dataset=microdoppler_hard study_dir=D: the leak-free
+augmentation study.
 
 One cell = (real fraction F, seed S):
   train     `train data.fraction=F data.fraction_seed=S seed=S` + the small-data recipe scaled
@@ -33,14 +34,25 @@ from latent_diffusion.utils.errors import UserError, report_user_errors
 from latent_diffusion.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
-IDENTITY = ("dataset", "data_overrides", "multipliers", "train_overrides", "recipe", "sample",
-            "evaluate_overrides", "classical", "sift")
+IDENTITY = (
+    "dataset",
+    "data_overrides",
+    "multipliers",
+    "train_overrides",
+    "recipe",
+    "sample",
+    "evaluate_overrides",
+    "classical",
+    "sift",
+)
 
 
 def identity(cfg: DictConfig) -> dict:
     """What makes two studies comparable cell by cell (fractions and seeds may grow)."""
-    return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-            for k in IDENTITY}
+    return {
+        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+        for k in IDENTITY
+    }
 
 
 def _flat(d, prefix=""):
@@ -64,8 +76,10 @@ def check_study_dir(study_dir: Path, ident: dict) -> None:
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if diff:
         shown = "; ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in diff[:5])
-        raise UserError(f"study_dir={study_dir} holds a study with another configuration ({shown}). Use a new "
-                        "study_dir, or the same settings to resume; cells of two configurations are never mixed")
+        raise UserError(
+            f"study_dir={study_dir} holds a study with another configuration ({shown}). Use a new "
+            "study_dir, or the same settings to resume; cells of two configurations are never mixed"
+        )
 
 
 def recipe_overrides(recipe: DictConfig, n_images: int) -> list[str]:
@@ -73,7 +87,11 @@ def recipe_overrides(recipe: DictConfig, n_images: int) -> list[str]:
     r = recipe
     steps = int(min(r.max_steps, max(r.min_steps, r.steps_per_image * n_images)))
     every = max(10, steps // max(1, int(r.validations)))
-    out = [f"trainer.max_steps={steps}", f"trainer.val_check_interval={every}", f"warmup_steps={min(200, steps // 10)}"]
+    out = [
+        f"trainer.max_steps={steps}",
+        f"trainer.val_check_interval={every}",
+        f"warmup_steps={min(200, steps // 10)}",
+    ]
     if r.get("vae_steps_per_image"):
         vsteps = int(min(r.vae_max_steps, max(r.vae_min_steps, r.vae_steps_per_image * n_images)))
         out.append(f"vae.max_steps={vsteps}")
@@ -82,9 +100,12 @@ def recipe_overrides(recipe: DictConfig, n_images: int) -> list[str]:
         for k, v in (r.get("augment") or {}).items():
             out.append(f"data.augment.{k}={v}")
     if r.get("early_stopping_patience"):
-        out += ["+callbacks.early_stopping._target_=lightning.pytorch.callbacks.EarlyStopping",
-                "+callbacks.early_stopping.monitor=val/loss", "+callbacks.early_stopping.mode=min",
-                f"+callbacks.early_stopping.patience={int(r.early_stopping_patience)}"]
+        out += [
+            "+callbacks.early_stopping._target_=lightning.pytorch.callbacks.EarlyStopping",
+            "+callbacks.early_stopping.monitor=val/loss",
+            "+callbacks.early_stopping.mode=min",
+            f"+callbacks.early_stopping.patience={int(r.early_stopping_patience)}",
+        ]
     return out
 
 
@@ -99,12 +120,15 @@ def _run(args: list[str], python: str, log_file: Path) -> None:
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         tail = log_file.read_text().strip().splitlines()[-5:]
-        raise UserError(f"{args[0]} failed (exit {proc.returncode}) for this cell; its log is {log_file}. "
-                        f"Last lines: {' | '.join(tail)}. Fix it and rerun the same command to resume")
+        raise UserError(
+            f"{args[0]} failed (exit {proc.returncode}) for this cell; its log is {log_file}. "
+            f"Last lines: {' | '.join(tail)}. Fix it and rerun the same command to resume"
+        )
 
 
 def run_cell(cfg: DictConfig, f: float, s: int, folder: Path) -> dict:
-    """Train, sample and evaluate one (fraction, seed) cell; each step is skipped when its output exists."""
+    """Train, sample and evaluate one (fraction, seed) cell; each step is skipped when its output
+    exists."""
     python = cfg.python or sys.executable
     folder.mkdir(parents=True, exist_ok=True)
     logf = folder / "log.txt"
@@ -112,36 +136,91 @@ def run_cell(cfg: DictConfig, f: float, s: int, folder: Path) -> dict:
     train_dir = folder / "train"
     if not (train_dir / "export" / "export.json").is_file():
         n_images = _subset_size(cfg, f, s, data)  # the subset size decides the recipe
-        _run(["latent_diffusion.train", f"data={cfg.dataset}", *data, f"data.fraction={f}", f"data.fraction_seed={s}",
-              f"seed={s}", *cfg.train_overrides, *recipe_overrides(cfg.recipe, n_images), "run_name=cell",
-              f"hydra.run.dir={train_dir}", "ckpt_path=last", f"paths.cache_dir={cfg.paths.cache_dir}"], python, logf)
+        _run(
+            [
+                "latent_diffusion.train",
+                f"data={cfg.dataset}",
+                *data,
+                f"data.fraction={f}",
+                f"data.fraction_seed={s}",
+                f"seed={s}",
+                *cfg.train_overrides,
+                *recipe_overrides(cfg.recipe, n_images),
+                "run_name=cell",
+                f"hydra.run.dir={train_dir}",
+                "ckpt_path=last",
+                f"paths.cache_dir={cfg.paths.cache_dir}",
+            ],
+            python,
+            logf,
+        )
     export = json.loads((train_dir / "export" / "export.json").read_text())
     per_class = max(export["data_subset"]["per_class"].values())
     gen_dir = folder / "samples"
     if not (gen_dir / "metadata.json").is_file():
         n = max(int(m) for m in cfg.multipliers) * per_class
         sm = cfg.sample
-        _run(["latent_diffusion.sample", f"run={train_dir}", f"out_dir={gen_dir}", f"n_per_class={n}",
-              f"sampler={sm.sampler}", f"steps={sm.steps}", f"guidance={sm.guidance}", f"seed={s}",
-              f"hydra.run.dir={folder / 'sample_log'}"], python, logf)
+        _run(
+            [
+                "latent_diffusion.sample",
+                f"run={train_dir}",
+                f"out_dir={gen_dir}",
+                f"n_per_class={n}",
+                f"sampler={sm.sampler}",
+                f"steps={sm.steps}",
+                f"guidance={sm.guidance}",
+                f"seed={s}",
+                f"hydra.run.dir={folder / 'sample_log'}",
+            ],
+            python,
+            logf,
+        )
     eval_dir = folder / "evaluate"
     if not (eval_dir / "metrics.json").is_file():
-        classical = "{" + ",".join(f"{k}:{v}" for k, v in cfg.classical.items()) + "}" if cfg.classical else "null"
-        _run(["latent_diffusion.evaluate", f"real={cfg.dataset}", *[f"real.{o}" for o in cfg.data_overrides],
-              f"generated={gen_dir}", f"run={train_dir}", f"out_dir={eval_dir}",
-              "parts=[classifier,augmentation,memorisation]", f"augmentation.seeds=[{s}]",
-              f"augmentation.multipliers=[0,{','.join(str(int(m)) for m in cfg.multipliers)}]",
-              f"augmentation.classical={classical}", f"sift.enabled={str(bool(cfg.sift)).lower()}",
-              "min_samples=2", f"hydra.run.dir={folder / 'evaluate_log'}", f"cache_dir={cfg.paths.cache_dir}/evaluate",
-              f"paths.cache_dir={cfg.paths.cache_dir}", *cfg.evaluate_overrides], python, logf)
+        classical = (
+            "{" + ",".join(f"{k}:{v}" for k, v in cfg.classical.items()) + "}"
+            if cfg.classical
+            else "null"
+        )
+        _run(
+            [
+                "latent_diffusion.evaluate",
+                f"real={cfg.dataset}",
+                *[f"real.{o}" for o in cfg.data_overrides],
+                f"generated={gen_dir}",
+                f"run={train_dir}",
+                f"out_dir={eval_dir}",
+                "parts=[classifier,augmentation,memorisation]",
+                f"augmentation.seeds=[{s}]",
+                f"augmentation.multipliers=[0,{','.join(str(int(m)) for m in cfg.multipliers)}]",
+                f"augmentation.classical={classical}",
+                f"sift.enabled={str(bool(cfg.sift)).lower()}",
+                "min_samples=2",
+                f"hydra.run.dir={folder / 'evaluate_log'}",
+                f"cache_dir={cfg.paths.cache_dir}/evaluate",
+                f"paths.cache_dir={cfg.paths.cache_dir}",
+                *cfg.evaluate_overrides,
+            ],
+            python,
+            logf,
+        )
     m = json.loads((eval_dir / "metrics.json").read_text())
-    return {"fraction": f, "seed": s, "generator_data": m.get("generator_data"),
-            "augmentation": m["augmentation"][str(float(f))] if str(float(f)) in m["augmentation"]
-            else next(iter(m["augmentation"].values())),
-            "augmentation_sifted": next(iter(m["augmentation_sifted"].values())) if "augmentation_sifted" in m
-            else None,
-            "sifting": m.get("sifting"), "memorisation": m.get("memorisation"), "cas": m.get("cas", {}).get("accuracy"),
-            "trtr": m.get("trtr", {}).get("accuracy"), "train_steps": export.get("global_step")}
+    return {
+        "fraction": f,
+        "seed": s,
+        "generator_data": m.get("generator_data"),
+        "augmentation": m["augmentation"][str(float(f))]
+        if str(float(f)) in m["augmentation"]
+        else next(iter(m["augmentation"].values())),
+        "augmentation_sifted": next(iter(m["augmentation_sifted"].values()))
+        if "augmentation_sifted" in m
+        else None,
+        "sifting": m.get("sifting"),
+        "memorisation": m.get("memorisation"),
+        "cas": m.get("cas", {}).get("accuracy"),
+        "trtr": m.get("trtr", {}).get("accuracy"),
+        "train_steps": export.get("global_step"),
+    }
 
 
 def _subset_size(cfg, f, s, data_args: list[str]) -> int:
@@ -149,15 +228,24 @@ def _subset_size(cfg, f, s, data_args: list[str]) -> int:
     from hydra import compose
     from hydra.utils import instantiate
 
-    c = compose("train", overrides=[f"data={cfg.dataset}", *data_args, f"data.fraction={f}", f"data.fraction_seed={s}",
-                                    f"paths.cache_dir={cfg.paths.cache_dir}"])
+    c = compose(
+        "train",
+        overrides=[
+            f"data={cfg.dataset}",
+            *data_args,
+            f"data.fraction={f}",
+            f"data.fraction_seed={s}",
+            f"paths.cache_dir={cfg.paths.cache_dir}",
+        ],
+    )
     dm = instantiate(c.data)
     dm.setup()
     return int(dm.subset["n"])
 
 
 def aggregate(cells: list[dict]) -> dict:
-    """Per fraction and arm: mean +- std over seeds, paired difference to real only with a 95% interval."""
+    """Per fraction and arm: mean +- std over seeds, paired difference to real only with a 95%
+    interval."""
     from latent_diffusion.metrics.protocol import paired_difference
 
     out: dict = {}
@@ -172,16 +260,21 @@ def aggregate(cells: list[dict]) -> dict:
                 if suffix and a in ("0", "classical"):
                     continue  # the same classifiers as without sifting
                 acc = [float(np.mean(c[key]["accuracy"][a]["runs"])) for c in cs]
-                row["arms"][a + suffix] = {"mean": float(np.mean(acc)), "std": float(np.std(acc, ddof=1))
-                                           if len(acc) > 1 else 0.0, "runs": acc}
+                row["arms"][a + suffix] = {
+                    "mean": float(np.mean(acc)),
+                    "std": float(np.std(acc, ddof=1)) if len(acc) > 1 else 0.0,
+                    "runs": acc,
+                }
         base = row["arms"]["0"]["runs"]
         for a, v in row["arms"].items():
             if a != "0":
                 row["paired"][a] = paired_difference(v["runs"], base)
         mem = [c["memorisation"]["pixel"] for c in cs if c.get("memorisation")]
         if mem:
-            row["memorisation"] = {"ratio": float(np.mean([m_["ratio"] for m_ in mem])),
-                                   "frac_copies": float(np.mean([m_["frac_copies"] for m_ in mem]))}
+            row["memorisation"] = {
+                "ratio": float(np.mean([m_["ratio"] for m_ in mem])),
+                "frac_copies": float(np.mean([m_["frac_copies"] for m_ in mem])),
+            }
         row["leaky"] = any(c["augmentation"].get("leak", {}).get("leaky") for c in cs)
         row["n_real"] = [c["generator_data"]["n"] for c in cs if c.get("generator_data")]
         out[str(f)] = row
@@ -192,9 +285,16 @@ def table_markdown(agg: dict) -> str:
     from latent_diffusion.metrics.protocol import arm_label
 
     arms = list(dict.fromkeys(a for row in agg.values() for a in row["arms"]))
-    label = lambda a: arm_label(a.replace(" (sifted)", "")) + (" (sifted)" if "(sifted)" in a else "")  # noqa: E731
-    L = ["| real fraction (images) | seeds | " + " | ".join(label(a) for a in arms) + " | memorisation ratio / copies |",
-         "|---|---|" + "---|" * (len(arms) + 1)]
+
+    def label(a: str) -> str:
+        return arm_label(a.replace(" (sifted)", "")) + (" (sifted)" if "(sifted)" in a else "")
+
+    L = [
+        "| real fraction (images) | seeds | "
+        + " | ".join(label(a) for a in arms)
+        + " | memorisation ratio / copies |",
+        "|---|---|" + "---|" * (len(arms) + 1),
+    ]
     for f, row in agg.items():
         cells = []
         for a in arms:
@@ -211,16 +311,26 @@ def table_markdown(agg: dict) -> str:
         mem = row.get("memorisation")
         n = f" ({row['n_real'][0]})" if row.get("n_real") else ""
         mem_txt = f"{mem['ratio']:.2f} / {mem['frac_copies']:.2f}" if mem else ""
-        L.append(f"| {float(f):.0%}{n}{' LEAKY' if row['leaky'] else ''} | {len(row['seeds'])} | " + " | ".join(cells)
-                 + f" | {mem_txt} |")
-    L += ["", "Each cell: real test accuracy mean +- std over seeds; below it the paired difference to real only "
-          "(same subset and classifier seed) with its 95% Student-t interval. Memorisation: median "
-          "nearest-training-image distance of generated over real test images (pixels), and the share of "
-          "generated images closer to a training image than the real test set's 1st percentile."]
+        L.append(
+            f"| {float(f):.0%}{n}{' LEAKY' if row['leaky'] else ''} | {len(row['seeds'])} | "
+            + " | ".join(cells)
+            + f" | {mem_txt} |"
+        )
+    L += [
+        "",
+        "Each cell: real test accuracy mean +- std over seeds; below it the paired difference to "
+        "real only "
+        "(same subset and classifier seed) with its 95% Student-t interval. Memorisation: median "
+        "nearest-training-image distance of generated over real test images (pixels), and the "
+        "share of "
+        "generated images closer to a training image than the real test set's 1st percentile.",
+    ]
     return "\n".join(L) + "\n"
 
 
-def run_study(cfg: DictConfig, runner: Callable[[DictConfig, float, int, Path], dict] = run_cell) -> dict:
+def run_study(
+    cfg: DictConfig, runner: Callable[[DictConfig, float, int, Path], dict] = run_cell
+) -> dict:
     study_dir = Path(cfg.study_dir)
     fractions = [float(f) for f in cfg.fractions]
     bad = [f for f in fractions if not 0 < f <= 1]
@@ -243,10 +353,17 @@ def run_study(cfg: DictConfig, runner: Callable[[DictConfig, float, int, Path], 
         done_now += 1
         left = len(todo) - i - 1
         rate = (time.time() - t0) / done_now
-        log.info("cell %s done; %d left, about %.0f min more at %.1f min per cell", cell_name(f, s), left,
-                 left * rate / 60, rate / 60)
+        log.info(
+            "cell %s done; %d left, about %.0f min more at %.1f min per cell",
+            cell_name(f, s),
+            left,
+            left * rate / 60,
+            rate / 60,
+        )
     agg = aggregate(cells)
-    atomic_write_json(study_dir / "table.json", {"config": identity(cfg), "fractions": agg, "cells": cells})
+    atomic_write_json(
+        study_dir / "table.json", {"config": identity(cfg), "fractions": agg, "cells": cells}
+    )
     (study_dir / "table.md").write_text(table_markdown(agg))
     _figure(agg).save(study_dir / "study.png")
     log.info("wrote %s/table.md, table.json and study.png", study_dir)
@@ -257,7 +374,10 @@ def _figure(agg: dict):
     from latent_diffusion.metrics.report import augmentation_plot
 
     arms = [a for a in next(iter(agg.values()))["arms"] if "(sifted)" not in a]
-    curve = {f: {"accuracy": {a: row["arms"][a] for a in arms if a in row["arms"]}} for f, row in agg.items()}
+    curve = {
+        f: {"accuracy": {a: row["arms"][a] for a in arms if a in row["arms"]}}
+        for f, row in agg.items()
+    }
     return augmentation_plot(curve)
 
 

@@ -30,27 +30,43 @@ def resolve_ckpt_path(ckpt_path, output_dir: str | Path):
         if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) < 1:
             return None
         # a requeued SLURM job (pre-empted or timed out) is the same run: resume it
-        log.info("SLURM_RESTART_COUNT=%s: a requeued job, resuming as with ckpt_path=last",
-                 os.environ["SLURM_RESTART_COUNT"])
+        log.info(
+            "SLURM_RESTART_COUNT=%s: a requeued job, resuming as with ckpt_path=last",
+            os.environ["SLURM_RESTART_COUNT"],
+        )
         ckpt_path = "last"
     if ckpt_path == "last":
         from latent_diffusion.utils.io import stale_temporaries
 
         out = Path(output_dir)
-        if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+        if (
+            int(os.environ.get("LOCAL_RANK", "0")) == 0
+            and int(os.environ.get("NODE_RANK", "0")) == 0
+        ):
             for tmp in stale_temporaries(out / "checkpoints"):
-                log.warning("removing %s: a checkpoint save that never finished (the process was killed)", tmp)
+                log.warning(
+                    "removing %s: a checkpoint save that never finished (the process was killed)",
+                    tmp,
+                )
                 tmp.unlink(missing_ok=True)
-        found = [p for p in [out / "checkpoints" / "last.ckpt", *out.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+        found = [
+            p
+            for p in [out / "checkpoints" / "last.ckpt", *out.glob("hpc_ckpt_*.ckpt")]
+            if p.is_file()
+        ]
         if found:
             last = max(found, key=lambda p: p.stat().st_mtime_ns)
             log.info("resuming from %s", last)
             return str(last)
-        log.info("ckpt_path=%s: no %s yet, starting fresh", ckpt_path, out / "checkpoints" / "last.ckpt")
+        log.info(
+            "ckpt_path=%s: no %s yet, starting fresh", ckpt_path, out / "checkpoints" / "last.ckpt"
+        )
         return None
     if not Path(ckpt_path).is_file():
-        raise UserError(f"ckpt_path={ckpt_path}: no such checkpoint file; give a .ckpt path, 'last' "
-                        "(resume the run's newest checkpoint, or start fresh if it has none) or null")
+        raise UserError(
+            f"ckpt_path={ckpt_path}: no such checkpoint file; give a .ckpt path, 'last' "
+            "(resume the run's newest checkpoint, or start fresh if it has none) or null"
+        )
     return str(ckpt_path)
 
 
@@ -58,11 +74,15 @@ def check_latents_mode(cfg: DictConfig) -> None:
     """data.latents must agree with the VAE choice; said before a VAE is trained or loaded."""
     mode, no_vae = cfg.data.get("latents"), cfg.vae.get("name") == "none"
     if no_vae and mode != "pixel":
-        raise UserError(f"data.latents={mode} needs a VAE, but vae=none trains in pixel space; "
-                        "pass data.latents=pixel with vae=none (experiment=pixel_baseline does)")
+        raise UserError(
+            f"data.latents={mode} needs a VAE, but vae=none trains in pixel space; "
+            "pass data.latents=pixel with vae=none (experiment=pixel_baseline does)"
+        )
     if not no_vae and mode == "pixel":
-        raise UserError(f"data.latents=pixel trains on pixels, but vae={cfg.vae.get('name')} is a latent "
-                        "model; use data.latents=online or cached, or vae=none for a pixel-space baseline")
+        raise UserError(
+            f"data.latents=pixel trains on pixels, but vae={cfg.vae.get('name')} is a latent "
+            "model; use data.latents=online or cached, or vae=none for a pixel-space baseline"
+        )
 
 
 def latent_space(cfg: DictConfig, dm, vae) -> tuple[int, int, int]:
@@ -105,8 +125,12 @@ def build(cfg: DictConfig):
         learn_sigma=diffusion.learn_sigma,
         **extra,
     )
-    log.info("denoiser: %s, %.2fM parameters, latents %s", cfg.model.name,
-             denoiser.num_params / 1e6, latent_shape)
+    log.info(
+        "denoiser: %s, %.2fM parameters, latents %s",
+        cfg.model.name,
+        denoiser.num_params / 1e6,
+        latent_shape,
+    )
     if cfg.torch.compile:
         denoiser = torch.compile(denoiser)
     module = LatentDiffusion(
@@ -127,9 +151,16 @@ def build(cfg: DictConfig):
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     callbacks.append(ResumeState(signature))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    extra = {} if cfg.trainer.get("default_root_dir") else {"default_root_dir": cfg.paths.output_dir}
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                          plugins=[AtomicCheckpointIO(signature)], **extra)
+    extra = (
+        {} if cfg.trainer.get("default_root_dir") else {"default_root_dir": cfg.paths.output_dir}
+    )
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO(signature)],
+        **extra,
+    )
     return dm, module, trainer
 
 
@@ -142,17 +173,27 @@ def train(cfg: DictConfig) -> dict:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, out_dir),
-                    weights_only=True)
+        trainer.fit(
+            module,
+            datamodule=dm,
+            ckpt_path=resolve_ckpt_path(cfg.ckpt_path, out_dir),
+            weights_only=True,
+        )
     except SIGTERMException:
         # pre-empted (SIGTERM / SIGUSR1): last.ckpt holds this step; no export of a half run
         signum = next((c.stopped_by for c in trainer.callbacks if hasattr(c, "stopped_by")), None)
-        log.warning("stopped by signal %s at step %d; checkpoints/last.ckpt saved. Resume with the same "
-                    "run_name and ckpt_path=last", signum, trainer.global_step)
+        log.warning(
+            "stopped by signal %s at step %d; checkpoints/last.ckpt saved. Resume with the same "
+            "run_name and ckpt_path=last",
+            signum,
+            trainer.global_step,
+        )
         raise SystemExit(128 + int(signum or 15)) from None
     except FloatingPointError as err:  # too many non-finite losses in a row (lit/module.py)
-        raise UserError(f"{err} Skipped steps are logged as train/skipped_steps; the limit is "
-                        f"max_bad_steps={cfg.max_bad_steps}") from None
+        raise UserError(
+            f"{err} Skipped steps are logged as train/skipped_steps; the limit is "
+            f"max_bad_steps={cfg.max_bad_steps}"
+        ) from None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if trainer.is_global_zero:
         export_run(module, cfg, cfg.export_dir, data_subset=training_subset_record(dm, cfg))
@@ -163,13 +204,17 @@ def train(cfg: DictConfig) -> dict:
 
 
 def training_subset_record(dm, cfg: DictConfig) -> dict | None:
-    """Fraction, seed, item-list fingerprint and the full data's fingerprint of what the run trained on."""
+    """Fraction, seed, item-list fingerprint and the full data's fingerprint of what the run trained
+    on."""
     if getattr(dm, "subset", None) is None:
         return None
     full = {k: v for k, v in dm.fingerprint().items() if k != "train_fraction"}
     vae = cfg.vae
-    vae_data = None if vae.get("name") == "none" else (
-        f"other data (vae.path={vae.path})" if vae.get("path") else "this training subset")
+    vae_data = (
+        None
+        if vae.get("name") == "none"
+        else (f"other data (vae.path={vae.path})" if vae.get("path") else "this training subset")
+    )
     return {**dm.subset, "data_fingerprint": full, "vae_data": vae_data}
 
 

@@ -47,7 +47,9 @@ def train_vae(cfg: DictConfig) -> Path:
     if getattr(datamodule, "latents", "pixel") != "pixel":
         datamodule.latents = "pixel"  # the VAE trains on pixels, whatever the diffusion run uses
     if cfg.vae.get("batch_size"):
-        datamodule.batch_size = int(cfg.vae.batch_size)  # the recipe's batch size, not the denoiser's
+        datamodule.batch_size = int(
+            cfg.vae.batch_size
+        )  # the recipe's batch size, not the denoiser's
     module = hydra.utils.instantiate(
         cfg.vae.module,
         autoencoder={"in_channels": datamodule.channels, "sample_size": datamodule.image_size},
@@ -77,7 +79,10 @@ def train_vae(cfg: DictConfig) -> Path:
             val_dataset=datamodule.dataset("val"),
             per_channel=bool(cfg.vae.per_channel_stats),
             min_latents=int(cfg.vae.min_stats_latents),
-            extra_metrics={"training": timing, "vae": OmegaConf.to_container(cfg.vae, resolve=True)},
+            extra_metrics={
+                "training": timing,
+                "vae": OmegaConf.to_container(cfg.vae, resolve=True),
+            },
         )
     trainer.strategy.barrier()  # the other ranks wait for rank 0's export
     return out_dir

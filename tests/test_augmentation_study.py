@@ -26,8 +26,16 @@ CLASSES = ["walk", "fall"]
 @pytest.fixture(scope="module")
 def dm_kwargs(tmp_path_factory):
     cache = tmp_path_factory.mktemp("sim")
-    return dict(source="microdoppler", classes=CLASSES, n_per_class=10, val_per_class=2, test_per_class=2,
-                image_size=32, workers=0, cache_dir=str(cache))
+    return dict(
+        source="microdoppler",
+        classes=CLASSES,
+        n_per_class=10,
+        val_per_class=2,
+        test_per_class=2,
+        image_size=32,
+        workers=0,
+        cache_dir=str(cache),
+    )
 
 
 # ------------------------------------------------------------------ subset rule
@@ -71,7 +79,12 @@ def test_train_and_protocol_draw_the_same_subset(dm_kwargs):
     assert sub.fingerprint() != full.fingerprint() and "train_fraction" not in full.fingerprint()
     cfg = OmegaConf.create({"vae": {"name": "f4", "path": None}})
     rec = training_subset_record(sub, cfg)
-    assert rec["fraction"] == 0.3 and rec["seed"] == 5 and rec["n"] == 6 and rec["vae_data"] == "this training subset"
+    assert (
+        rec["fraction"] == 0.3
+        and rec["seed"] == 5
+        and rec["n"] == 6
+        and rec["vae_data"] == "this training subset"
+    )
     assert rec["fingerprint"] == subset_fingerprint([full_ds.item_ids[i] for i in idx])
     assert rec["data_fingerprint"] == full.fingerprint()
     with pytest.raises(UserError, match="keeps no training sample of 'walk', which has 10"):
@@ -86,13 +99,17 @@ def test_evaluate_reads_the_generator_subset_and_refuses_other_data(dm_kwargs, t
     sub.setup()
     export = tmp_path / "run" / "export"
     export.mkdir(parents=True)
-    rec = training_subset_record(sub, OmegaConf.create({"vae": {"name": "f4", "path": "/elsewhere"}}))
+    rec = training_subset_record(
+        sub, OmegaConf.create({"vae": {"name": "f4", "path": "/elsewhere"}})
+    )
     (export / "export.json").write_text(json.dumps({"data_subset": rec}))
     full = SpectrogramDataModule(**dm_kwargs)
     cfg = OmegaConf.create({"run": str(tmp_path / "run"), "generated": str(tmp_path)})
     info = generator_subset(cfg, full, full.source.split("train"), CLASSES)
     assert info["known"] and info["fraction"] == 0.5 and info["vae_data"].startswith("other data")
-    assert info["seen"].tolist() == fraction_subset(full.source.split("train").labels, 0.5, 1).tolist()
+    assert (
+        info["seen"].tolist() == fraction_subset(full.source.split("train").labels, 0.5, 1).tolist()
+    )
     # the same record against another real data set (another seed): refused, naming the difference
     other = SpectrogramDataModule(**{**dm_kwargs, "n_per_class": 12})
     with pytest.raises(UserError, match=r"other real data .*counts"):
@@ -106,9 +123,21 @@ def test_protocol_flags_a_generator_that_saw_more_data():
     tx, ty = torch.rand(8, 1, 16, 16) * 2 - 1, np.repeat([0, 1], 4)
     cfg = ClassifierConfig(width=4, steps=2, batch_size=8, time_shift=0.0)
     gen = {"fraction": 0.5, "seed": 7, "seen": fraction_subset(y, 0.5, 7)}
-    curve = protocol.augmentation_curve(x, y, x, y, tx, ty, CLASSES, cfg, fractions=[0.25, 0.5], multipliers=[0, 1],
-                                        seeds=[0, 1], classical={"doppler_shift": 0.1, "mixup": 0.2},
-                                        generator=gen)
+    curve = protocol.augmentation_curve(
+        x,
+        y,
+        x,
+        y,
+        tx,
+        ty,
+        CLASSES,
+        cfg,
+        fractions=[0.25, 0.5],
+        multipliers=[0, 1],
+        seeds=[0, 1],
+        classical={"doppler_shift": 0.1, "mixup": 0.2},
+        generator=gen,
+    )
     own, less = curve["0.5"], curve["0.25"]
     assert not own["leak"]["leaky"] and "generator's own" in own["subset"]
     # at 25% the classifier has 10 images; the generator saw 20, at least 10 of them unseen by it
@@ -116,10 +145,13 @@ def test_protocol_flags_a_generator_that_saw_more_data():
     assert set(own["accuracy"]) == {"0", "classical", "1", "1+classical"}
     d = own["paired"]["1"]
     assert d["n"] == 2 and d["ci95"][0] <= d["mean"] <= d["ci95"][1]
-    assert np.allclose(d["mean"], np.mean(own["accuracy"]["1"]["runs"]) - np.mean(own["accuracy"]["0"]["runs"]))
+    assert np.allclose(
+        d["mean"], np.mean(own["accuracy"]["1"]["runs"]) - np.mean(own["accuracy"]["0"]["runs"])
+    )
     # a generator of unknown data counts as having seen the whole split: every fraction < 1 leaks
-    unknown = protocol.augmentation_curve(x, y, x, y, tx, ty, CLASSES, cfg, fractions=[0.5], multipliers=[0, 1],
-                                          seeds=[0])
+    unknown = protocol.augmentation_curve(
+        x, y, x, y, tx, ty, CLASSES, cfg, fractions=[0.5], multipliers=[0, 1], seeds=[0]
+    )
     assert unknown["0.5"]["leak"] == {"leaky": True, "generator_saw_extra": 20}
     del rng
 
@@ -127,9 +159,11 @@ def test_protocol_flags_a_generator_that_saw_more_data():
 def test_report_labels_leaky_rows():
     from latent_diffusion.metrics.report import augmentation_section
 
-    row = {"accuracy": {"0": {"mean": 0.5, "std": 0.0}, "1": {"mean": 0.6, "std": 0.0}},
-           "paired": {"1": {"mean": 0.1, "ci95": [0.05, 0.15], "n": 3}},
-           "leak": {"leaky": True, "generator_saw_extra": 12}}
+    row = {
+        "accuracy": {"0": {"mean": 0.5, "std": 0.0}, "1": {"mean": 0.6, "std": 0.0}},
+        "paired": {"1": {"mean": 0.1, "ci95": [0.05, 0.15], "n": 3}},
+        "leak": {"leaky": True, "generator_saw_extra": 12},
+    }
     text = "\n".join(augmentation_section({"0.1": row}, None))
     assert "LEAKY (+12 images)" in text and "unknown" in text and "+0.100 [0.050, 0.150]" in text
 
@@ -156,7 +190,9 @@ def test_time_shift_never_moves_the_torso_doppler(walker):
         y = ca.apply_per_image(x, time=0.3, g=g)
         shifted = _torso_track(y)
         # a circular time roll permutes columns: the same torso velocities, in another order
-        assert np.allclose(np.sort(shifted[np.isfinite(shifted)]), np.sort(track[np.isfinite(track)]))
+        assert np.allclose(
+            np.sort(shifted[np.isfinite(shifted)]), np.sort(track[np.isfinite(track)])
+        )
         assert abs(np.nanmedian(shifted) - p["torso_radial_mps"]) < 0.5
     y = Augment(time_shift=True)(x)
     assert np.allclose(np.nanmedian(_torso_track(y)), np.nanmedian(track))
@@ -205,12 +241,23 @@ def test_data_augment_config_reaches_training_batches(dm_kwargs):
 def test_hard_preset_is_subject_disjoint_and_keeps_each_subject(tmp_path):
     from latent_diffusion.data.simulator import MicroDopplerSource
 
-    src = MicroDopplerSource(classes=CLASSES, n_per_class=8, val_per_class=3, test_per_class=3, image_size=32,
-                             workers=0, preset="hard", scene={"subjects": [4, 2, 2]})
+    src = MicroDopplerSource(
+        classes=CLASSES,
+        n_per_class=8,
+        val_per_class=3,
+        test_per_class=3,
+        image_size=32,
+        workers=0,
+        preset="hard",
+        scene={"subjects": [4, 2, 2]},
+    )
     subj = {s: src.split(s).subjects for s in ("train", "val", "test")}
     assert len(set(subj["train"])) == 4 and len(set(subj["val"])) == 2
-    assert not (set(subj["train"]) & set(subj["val"]) or set(subj["train"]) & set(subj["test"])
-                or set(subj["val"]) & set(subj["test"]))
+    assert not (
+        set(subj["train"]) & set(subj["val"])
+        or set(subj["train"]) & set(subj["test"])
+        or set(subj["val"]) & set(subj["test"])
+    )
     # one person across activities: same height and proportions for the same subject id
     params = src.split("train").params
     by_id: dict = {}
@@ -221,7 +268,9 @@ def test_hard_preset_is_subject_disjoint_and_keeps_each_subject(tmp_path):
     assert max(abs(q["aspect_deg"]) for q in params) > 45
     assert "scene" in src.fingerprint()
     easy = MicroDopplerSource(classes=CLASSES, n_per_class=2, image_size=32, workers=0)
-    assert "scene" not in easy.fingerprint() and getattr(easy.split("train"), "subjects", None) is None
+    assert (
+        "scene" not in easy.fingerprint() and getattr(easy.split("train"), "subjects", None) is None
+    )
     with pytest.raises(UserError, match="data.preset"):
         MicroDopplerSource(preset="medium")
 
@@ -241,15 +290,26 @@ def test_sifting_drops_implausible_samples_and_counts_per_class(dm_kwargs):
     kp = {"v_max": 8.0, "dynamic_range_db": 45.0, "duration_s": 4.0}
     keep, rep = sift(gen_x, gen_y, tx, ty.numpy(), CLASSES, kp, model=None, margin=0.0)
     # real training images lie in their own class range by construction; the noise does not
-    assert keep[:len(sy)].all() and not keep[len(sy):].any()
-    assert rep["per_class"]["walk"] == {"n": 12, "dropped_kinematics": 2, "dropped_confidence": 0, "kept": 10}
+    assert keep[: len(sy)].all() and not keep[len(sy) :].any()
+    assert rep["per_class"]["walk"] == {
+        "n": 12,
+        "dropped_kinematics": 2,
+        "dropped_confidence": 0,
+        "kept": 10,
+    }
     assert rep["per_class"]["fall"]["dropped_kinematics"] == 1
     # confidence: a real classifier; images labelled with the wrong class fall under the threshold
-    model = train_classifier(tx, ty, 2, ClassifierConfig(width=4, steps=60, batch_size=20, time_shift=0.0))
+    model = train_classifier(
+        tx, ty, 2, ClassifierConfig(width=4, steps=60, batch_size=20, time_shift=0.0)
+    )
     swapped = 1 - sy.numpy()
-    keep2, rep2 = sift(sx, swapped, tx, ty.numpy(), CLASSES, kp, model=model, kinematics=False, min_confidence=0.5)
+    keep2, rep2 = sift(
+        sx, swapped, tx, ty.numpy(), CLASSES, kp, model=model, kinematics=False, min_confidence=0.5
+    )
     own = protocol.predict(model, sx) == sy.numpy()
-    assert (~keep2[own]).all()  # every image the classifier gets right is dropped under the swapped label
+    assert (
+        ~keep2[own]
+    ).all()  # every image the classifier gets right is dropped under the swapped label
     assert sum(r["dropped_confidence"] for r in rep2["per_class"].values()) == int((~keep2).sum())
 
 
@@ -261,20 +321,35 @@ def _study_cfg(tmp_path, **kw):
 
     base = OmegaConf.load(Path(__file__).parent.parent / "conf" / "study.yaml")
     base.pop("defaults")
-    base.merge_with({"study_dir": str(tmp_path / "study"), "fractions": [0.1, 1.0], "seeds": [0, 1, 2],
-                     "paths": {"cache_dir": str(tmp_path / "cache")}, "run_name": "t", **kw})
+    base.merge_with(
+        {
+            "study_dir": str(tmp_path / "study"),
+            "fractions": [0.1, 1.0],
+            "seeds": [0, 1, 2],
+            "paths": {"cache_dir": str(tmp_path / "cache")},
+            "run_name": "t",
+            **kw,
+        }
+    )
     return base
 
 
 def _fake_cell(acc_real, acc_synth):
     """A cell result in run_cell's format, numbers given (the expensive train / sample / evaluate is
     proved end to end by the documented smoke run, not here)."""
+
     def runner(cfg, f, s, folder):
         runner.calls.append((f, s))
         acc = {"0": {"runs": [acc_real(f, s)]}, "1": {"runs": [acc_synth(f, s)]}}
-        return {"fraction": f, "seed": s, "generator_data": {"n": int(100 * f)},
-                "augmentation": {"accuracy": acc, "leak": {"leaky": False}}, "augmentation_sifted": None,
-                "memorisation": {"pixel": {"ratio": 0.9, "frac_copies": 0.05}}}
+        return {
+            "fraction": f,
+            "seed": s,
+            "generator_data": {"n": int(100 * f)},
+            "augmentation": {"accuracy": acc, "leak": {"leaky": False}},
+            "augmentation_sifted": None,
+            "memorisation": {"pixel": {"ratio": 0.9, "frac_copies": 0.05}},
+        }
+
     runner.calls = []
     return runner
 
@@ -293,10 +368,16 @@ def test_study_resumes_and_aggregates_paired_differences(tmp_path):
     d = agg["0.1"]["paired"]["1"]
     g = np.array([0.05, 0.03, 0.04])
     half = stats.t.ppf(0.975, 2) * g.std(ddof=1) / np.sqrt(3)
-    assert d["mean"] == pytest.approx(0.04) and d["ci95"] == pytest.approx([0.04 - half, 0.04 + half])
+    assert d["mean"] == pytest.approx(0.04) and d["ci95"] == pytest.approx(
+        [0.04 - half, 0.04 + half]
+    )
     assert agg["0.1"]["arms"]["0"]["std"] == pytest.approx(np.std([0.71, 0.73, 0.72], ddof=1))
     table = (tmp_path / "study" / "table.md").read_text()
-    assert "+0.040 [" in table and "real only" in table and (tmp_path / "study" / "study.png").stat().st_size > 1000
+    assert (
+        "+0.040 [" in table
+        and "real only" in table
+        and (tmp_path / "study" / "study.png").stat().st_size > 1000
+    )
     # a rerun recomputes nothing; a new seed computes only its cells
     again = _fake_cell(lambda f, s: 0.5, lambda f, s: 0.5)
     run_study(cfg, again)
@@ -308,20 +389,33 @@ def test_study_resumes_and_aggregates_paired_differences(tmp_path):
 def test_study_refuses_a_folder_of_another_configuration(tmp_path):
     from latent_diffusion.study import run_study
 
-    run_study(_study_cfg(tmp_path, fractions=[1.0], seeds=[0]), _fake_cell(lambda f, s: 0.5, lambda f, s: 0.6))
-    with pytest.raises(UserError, match=r"another configuration \(recipe.steps_per_image: 10 there, 20 now"):
-        run_study(_study_cfg(tmp_path, fractions=[1.0], seeds=[0], recipe={"steps_per_image": 20}),
-                  _fake_cell(lambda f, s: 0.5, lambda f, s: 0.6))
+    run_study(
+        _study_cfg(tmp_path, fractions=[1.0], seeds=[0]),
+        _fake_cell(lambda f, s: 0.5, lambda f, s: 0.6),
+    )
+    with pytest.raises(
+        UserError, match=r"another configuration \(recipe.steps_per_image: 10 there, 20 now"
+    ):
+        run_study(
+            _study_cfg(tmp_path, fractions=[1.0], seeds=[0], recipe={"steps_per_image": 20}),
+            _fake_cell(lambda f, s: 0.5, lambda f, s: 0.6),
+        )
     with pytest.raises(UserError, match=r"outside \(0, 1\]"):
-        run_study(_study_cfg(tmp_path, fractions=[0.0]), _fake_cell(lambda f, s: 0.5, lambda f, s: 0.6))
+        run_study(
+            _study_cfg(tmp_path, fractions=[0.0]), _fake_cell(lambda f, s: 0.5, lambda f, s: 0.6)
+        )
 
 
 def test_small_data_recipe_scales_with_the_subset():
     from latent_diffusion.study import recipe_overrides
 
-    r = OmegaConf.load(__import__("pathlib").Path(__file__).parent.parent / "conf" / "study.yaml").recipe
+    r = OmegaConf.load(
+        __import__("pathlib").Path(__file__).parent.parent / "conf" / "study.yaml"
+    ).recipe
     small, big = recipe_overrides(r, 40), recipe_overrides(r, 1600)
-    assert "trainer.max_steps=400" in small and "trainer.max_steps=16000" in big  # min_steps, 10 per image
+    assert (
+        "trainer.max_steps=400" in small and "trainer.max_steps=16000" in big
+    )  # min_steps, 10 per image
     assert "model.dropout=0.1" in small and not any(o.startswith("model.dropout") for o in big)
     assert any(o.startswith("data.augment.time_shift") for o in small)
     assert "+callbacks.early_stopping.patience=4" in small

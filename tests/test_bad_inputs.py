@@ -19,7 +19,8 @@ from latent_diffusion.utils.errors import UserError
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
-# A tiny export built with the real config files (conf/model/tiny.yaml, conf/diffusion/default.yaml):
+# A tiny export built with the real config files (conf/model/tiny.yaml,
+# conf/diffusion/default.yaml):
 # 2 classes, 4x8x8 latents, no VAE. Run in-process and, for the full-disk test, in a child.
 TINY_EXPORT = textwrap.dedent("""
     import functools, torch
@@ -57,11 +58,17 @@ def test_export_loads_when_consistent(tiny_export):
     assert exp.class_names == ["walk", "fall"] and exp.latent_shape == (4, 8, 8)
 
 
-@pytest.mark.parametrize(("edit", "needle"), [
-    ({"latent_shape": [4, 16, 16]}, "model.sample_size 8 vs latent_shape [4, 16, 16]"),
-    ({"latent_shape": [3, 8, 8]}, "model.in_channels 4 vs latent_shape [3, 8, 8]"),
-    ({"class_names": ["walk", "fall", "box"]}, "model.num_classes 2 vs 3 class_names ['walk', 'fall', 'box']"),
-])
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        ({"latent_shape": [4, 16, 16]}, "model.sample_size 8 vs latent_shape [4, 16, 16]"),
+        ({"latent_shape": [3, 8, 8]}, "model.in_channels 4 vs latent_shape [3, 8, 8]"),
+        (
+            {"class_names": ["walk", "fall", "box"]},
+            "model.num_classes 2 vs 3 class_names ['walk', 'fall', 'box']",
+        ),
+    ],
+)
 def test_mismatched_export_is_refused_with_the_difference(tiny_export, tmp_path, edit, needle):
     import shutil
 
@@ -118,7 +125,9 @@ def test_full_disk_on_export_keeps_the_old_export_and_says_so(tiny_export, tmp_p
                 print(what, "USERERROR", err)
     """)
     (tmp_path / "big.bin").write_bytes(b"old")
-    proc = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in proc.stdout.strip().splitlines())
     for what, target in (("file", tmp_path / "big.bin"), ("export", export_dir)):
@@ -134,7 +143,9 @@ def test_full_disk_on_export_keeps_the_old_export_and_says_so(tiny_export, tmp_p
 def test_ckpt_path_to_a_missing_file_names_it(tmp_path):
     from latent_diffusion.train import resolve_ckpt_path
 
-    with pytest.raises(UserError, match=rf"ckpt_path={tmp_path / 'x.ckpt'}: no such checkpoint file.*'last'"):
+    with pytest.raises(
+        UserError, match=rf"ckpt_path={tmp_path / 'x.ckpt'}: no such checkpoint file.*'last'"
+    ):
         resolve_ckpt_path(str(tmp_path / "x.ckpt"), tmp_path)
     assert resolve_ckpt_path("last", tmp_path) is None  # nothing to resume yet: a fresh start
 
@@ -159,7 +170,9 @@ def test_nan_in_a_data_file_is_refused_by_name(tmp_path):
     a = np.random.default_rng(0).random((32, 32)).astype(np.float32)
     a[3, 4] = np.nan
     np.save(tmp_path / "walk_0.npy", a)
-    with pytest.raises(UserError, match=rf"{tmp_path / 'walk_0.npy'} contains NaN.*fix or remove the file"):
+    with pytest.raises(
+        UserError, match=rf"{tmp_path / 'walk_0.npy'} contains NaN.*fix or remove the file"
+    ):
         load_spectrogram(tmp_path / "walk_0.npy")
 
 
@@ -171,10 +184,18 @@ def test_vae_decode_under_bf16_autocast_is_float32_and_finite():
     from latent_diffusion.vae.stats import fallback_stats
 
     torch.manual_seed(0)
-    model = AutoencoderKL(in_channels=1, out_channels=1, block_out_channels=(8, 8), latent_channels=4,
-                          norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 2,
-                          up_block_types=("UpDecoderBlock2D",) * 2)
-    vae = FrozenVAE(model, fallback_stats(0.01, 0.0, 4, "h"), 1, "h")  # scale 0.01: latents x100 inside
+    model = AutoencoderKL(
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 8),
+        latent_channels=4,
+        norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+    )
+    vae = FrozenVAE(
+        model, fallback_stats(0.01, 0.0, 4, "h"), 1, "h"
+    )  # scale 0.01: latents x100 inside
     z = torch.randn(2, 4, 8, 8, dtype=torch.bfloat16) * 30
     with torch.autocast("cpu", dtype=torch.bfloat16):
         x = vae.decode(z)
@@ -187,15 +208,30 @@ def test_a_vae_replaced_after_training_is_refused(tmp_path):
     from latent_diffusion.vae.resolve import vae_from_reference
     from latent_diffusion.vae.stats import vae_weights_hash
 
-    model = AutoencoderKL(in_channels=1, out_channels=1, block_out_channels=(8,), latent_channels=4,
-                          norm_num_groups=4, down_block_types=("DownEncoderBlock2D",),
-                          up_block_types=("UpDecoderBlock2D",))
+    model = AutoencoderKL(
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8,),
+        latent_channels=4,
+        norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+    )
     model.save_pretrained(tmp_path / "vae")
     found = vae_weights_hash(tmp_path / "vae")
-    ref = {"path": str(tmp_path / "vae"), "weights_hash": "0123456789abcdef", "data_channels": 1,
-           "latent_stats": None}
-    with pytest.raises(UserError, match=rf"has weights hash {found}, but the model was trained with "
-                                        r"0123456789abcdef.*Point vae_path at the original"):
+    ref = {
+        "path": str(tmp_path / "vae"),
+        "weights_hash": "0123456789abcdef",
+        "data_channels": 1,
+        "latent_stats": None,
+    }
+    with pytest.raises(
+        UserError,
+        match=rf"has weights hash {found}, but the model was trained with "
+        r"0123456789abcdef.*Point vae_path at the original",
+    ):
         vae_from_reference(ref)
-    with pytest.raises(UserError, match=rf"not at {tmp_path / 'gone'}; copy it there or pass vae_path"):
+    with pytest.raises(
+        UserError, match=rf"not at {tmp_path / 'gone'}; copy it there or pass vae_path"
+    ):
         vae_from_reference({**ref, "path": str(tmp_path / "gone")})

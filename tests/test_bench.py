@@ -1,7 +1,8 @@
 """`python -m latent_diffusion.bench quick=true` through the real CLI: the JSON has every
 documented field, every throughput is positive and finite, and every ratio is the
 quotient of the same run's numbers. The speeds themselves are not asserted (a shared CI
-machine's timings are noise; `bench` measures them, docs/benchmarks.md reports them), except the guidance cost, which is
+machine's timings are noise; `bench` measures them, docs/benchmarks.md reports them), except the
+guidance cost, which is
 structural: one batched forward of 2B, not more than two forwards of B."""
 
 from __future__ import annotations
@@ -19,8 +20,18 @@ pytestmark = pytest.mark.slow
 def bench(tmp_path_factory, request):
     out = tmp_path_factory.mktemp("bench")
     root = request.config.rootpath
-    run_cli("bench", f"out_dir={out}", "quick=true", "parts=[train,sample,vae,gpu_switches]",
-            "lightning.steps=1", "sample.repeats=1", "repeats=1", "warmup=0", cwd=root, timeout=300)
+    run_cli(
+        "bench",
+        f"out_dir={out}",
+        "quick=true",
+        "parts=[train,sample,vae,gpu_switches]",
+        "lightning.steps=1",
+        "sample.repeats=1",
+        "repeats=1",
+        "warmup=0",
+        cwd=root,
+        timeout=300,
+    )
     return json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text()
 
 
@@ -41,7 +52,16 @@ def test_documented_keys_and_finite_rates(bench):
     res, md = bench
     assert set(res) == {"meta", "parts", "summary"}
     meta = res["meta"]
-    for key in ("command", "device", "torch", "threads", "loadavg_before", "loadavg_after", "repeats", "config"):
+    for key in (
+        "command",
+        "device",
+        "torch",
+        "threads",
+        "loadavg_before",
+        "loadavg_after",
+        "repeats",
+        "config",
+    ):
         assert key in meta
     assert meta["quick"] is True and meta["device"] == "cpu"
     assert set(res["parts"]) == {"train", "sample", "vae", "gpu_switches"}
@@ -58,8 +78,12 @@ def test_documented_keys_and_finite_rates(bench):
         assert v["peak_mem_mb"] is None or v["peak_mem_mb"] > 0
     assert "skipped" in res["parts"]["gpu_switches"]  # no CUDA here: a note, not numbers
     # the summary lists what was measured, each with its target
-    assert {"latent_over_pixel", "cached_over_online", "lightning_over_bare",
-            "guided_over_unguided_time"} <= set(res["summary"])
+    assert {
+        "latent_over_pixel",
+        "cached_over_online",
+        "lightning_over_bare",
+        "guided_over_unguided_time",
+    } <= set(res["summary"])
     assert "## Training throughput" in md and "lightning_over_bare" in md
 
 
@@ -69,21 +93,28 @@ def test_ratios_are_quotients_of_the_same_run(bench):
     m = t["models"]["tiny"]
     ips = {k: v["images_per_s"] for k, v in m["variants"].items()}
     assert m["ratios"]["latent_over_pixel"] == pytest.approx(ips["latent_cached"] / ips["pixel"])
-    assert m["ratios"]["cached_over_online"] == pytest.approx(ips["latent_cached"] / ips["latent_online"])
-    assert m["ratios"]["bf16_over_fp32"] == pytest.approx(ips["latent_cached_bf16"] / ips["latent_cached"])
+    assert m["ratios"]["cached_over_online"] == pytest.approx(
+        ips["latent_cached"] / ips["latent_online"]
+    )
+    assert m["ratios"]["bf16_over_fp32"] == pytest.approx(
+        ips["latent_cached_bf16"] / ips["latent_cached"]
+    )
     # images/s is images over the median time of one repeat
     n = t["batch_size"] * t["steps_per_repeat"]
     assert ips["pixel"] == pytest.approx(n / m["variants"]["pixel"]["median_s"])
     lt = t["lightning"]
     assert lt["ratios"]["lightning_over_bare"] == pytest.approx(
-        lt["variants"]["lightning"]["images_per_s"] / lt["variants"]["bare_loop"]["images_per_s"])
+        lt["variants"]["lightning"]["images_per_s"] / lt["variants"]["bare_loop"]["images_per_s"]
+    )
     assert res["summary"]["latent_over_pixel"]["value"] == m["ratios"]["latent_over_pixel"]
     s = res["parts"]["sample"]
     sv = s["variants"]
     assert s["ratios"]["guided_over_unguided_time[dpmpp-20]"] == pytest.approx(
-        sv["dpmpp-20-guided"]["median_s"] / sv["dpmpp-20"]["median_s"])
+        sv["dpmpp-20-guided"]["median_s"] / sv["dpmpp-20"]["median_s"]
+    )
     assert res["summary"]["guided_over_unguided_time"]["met"] == (
-        res["summary"]["guided_over_unguided_time"]["value"] <= 1.2)
+        res["summary"]["guided_over_unguided_time"]["value"] <= 1.2
+    )
 
 
 def test_guidance_costs_one_batched_forward(bench):
@@ -91,13 +122,21 @@ def test_guidance_costs_one_batched_forward(bench):
     (1.6 leaves room for the noise of a shared 2-core machine)."""
     g = bench[0]["parts"]["sample"]["guidance_forward"]
     med = {k: v["median_s"] for k, v in g["variants"].items()}
-    assert g["ratios"]["guided_over_two_forwards"] == pytest.approx(med["guided_batched"] / med["two_forwards"])
+    assert g["ratios"]["guided_over_two_forwards"] == pytest.approx(
+        med["guided_batched"] / med["two_forwards"]
+    )
     assert g["ratios"]["guided_over_two_forwards"] < 1.6
 
 
 def test_unknown_part_is_a_user_error(tmp_path, request):
-    proc = run_cli("bench", f"out_dir={tmp_path}", "parts=[train,warp]", cwd=request.config.rootpath,
-                   check=False, timeout=120)
+    proc = run_cli(
+        "bench",
+        f"out_dir={tmp_path}",
+        "parts=[train,warp]",
+        cwd=request.config.rootpath,
+        check=False,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert "warp" in proc.stderr and "choose from" in proc.stderr
     assert not (tmp_path / "bench.json").exists()

@@ -4,7 +4,8 @@ Toy data: a class y in {0, 1} with prior 1/2, then x0 | y ~ N(mu_y, S^2 I) over 
 latent elements, mu_0 = -M, mu_1 = +M. With x_t = a x0 + b eps (a = sqrt(acp_t),
 b = sqrt(1 - acp_t)), x_t | y ~ N(a mu_y, v I), v = a^2 S^2 + b^2, so
   - the exact classifier is log p(y | x_t) = log softmax_y(-|x_t - a mu_y|^2 / 2v),
-  - the exact unconditional denoiser is E[x0 | x_t] = sum_y p(y | x_t) (mu_y + a S^2 (x_t - a mu_y) / v).
+  - the exact unconditional denoiser is E[x0 | x_t] = sum_y p(y | x_t) (mu_y + a S^2 (x_t - a mu_y)
+    / v).
 At classifier scale 1 the guided score grad log p_t(x) + grad log p_t(y | x) is exactly
 grad log p_t(x | y): the sampler must return N(mu_y, S^2), whose mean along the class
 direction is M per element and of which a fraction Phi(M sqrt(D) / S) lies on class y's
@@ -45,8 +46,13 @@ def one_thread():
 
 def diffusion(prediction="eps"):
     # a fixed (small) variance: the mixture's true reverse variance has no closed form to learn
-    return GaussianDiffusion(betas_for("linear", 1000), prediction=prediction, learn_sigma=False,
-                             loss="mse", fixed_variance="small")
+    return GaussianDiffusion(
+        betas_for("linear", 1000),
+        prediction=prediction,
+        learn_sigma=False,
+        loss="mse",
+        fixed_variance="small",
+    )
 
 
 def _a_b_v(d, t, like):
@@ -89,7 +95,10 @@ class ExactDenoiser(nn.Module):
         a, b, v = _a_b_v(self.d, t, x)
         p = class_log_probs(self.d, x, t).exp()  # (B, 2)
         x = x.double()
-        x0 = sum(p[:, k].view(-1, 1, 1, 1) * (mu + a * S * S * (x - a * mu) / v) for k, mu in enumerate((-M, M)))
+        x0 = sum(
+            p[:, k].view(-1, 1, 1, 1) * (mu + a * S * S * (x - a * mu) / v)
+            for k, mu in enumerate((-M, M))
+        )
         eps = (x - a * x0) / b
         pred = {"eps": eps, "x0": x0, "v": a * eps - b * x0}[self.d.prediction]
         return (self.gain * pred).float()
@@ -111,8 +120,15 @@ def test_scale_one_gives_the_class_conditional_distribution(sampler, steps):
     y = torch.arange(SHAPE[0]) % 2
     gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
     plain = sample(sampler, d, model, SHAPE, steps=steps, generators=gen())
-    x = sample(sampler, d, model, SHAPE, steps=steps, generators=gen(),
-               cond_fn=classifier_cond_fn(ExactClassifier(d), y, 1.0))
+    x = sample(
+        sampler,
+        d,
+        model,
+        SHAPE,
+        steps=steps,
+        generators=gen(),
+        cond_fn=classifier_cond_fn(ExactClassifier(d), y, 1.0),
+    )
     side_plain = (along_class(plain, y) > 0).float().mean().item()
     side = (along_class(x, y) > 0).float().mean().item()
     # unguided: half of the images on the requested side; guided: Phi(1) = 0.841 of them
@@ -135,10 +151,33 @@ def test_larger_scales_move_further_and_scale_zero_is_the_unguided_sampler(sampl
     gens = lambda: torch.Generator().manual_seed(5)  # noqa: E731
     plain = sample(sampler, d, model, shape, steps=steps, generators=gens())
     cls = ExactClassifier(d)
-    zero = sample(sampler, d, model, shape, steps=steps, generators=gens(), cond_fn=classifier_cond_fn(cls, y, 0.0))
+    zero = sample(
+        sampler,
+        d,
+        model,
+        shape,
+        steps=steps,
+        generators=gens(),
+        cond_fn=classifier_cond_fn(cls, y, 0.0),
+    )
     assert torch.equal(zero, plain)
-    means = [along_class(sample(sampler, d, model, shape, steps=steps, generators=gens(),
-                                cond_fn=classifier_cond_fn(cls, y, s)), y).mean().item() for s in (1.0, 4.0)]
+    means = [
+        along_class(
+            sample(
+                sampler,
+                d,
+                model,
+                shape,
+                steps=steps,
+                generators=gens(),
+                cond_fn=classifier_cond_fn(cls, y, s),
+            ),
+            y,
+        )
+        .mean()
+        .item()
+        for s in (1.0, 4.0)
+    ]
     assert means[1] > means[0] + 0.1 > 0.1 + 0.4
 
 
@@ -158,11 +197,32 @@ def test_gradients_flow_only_through_the_classifier_and_images_ignore_the_batch(
     d = diffusion()
     model, cls = ExactDenoiser(d), ExactClassifier(d)
     seeds, y = [7, 8, 9], torch.tensor([1, 0, 1])
-    for sampler, kw in [("ddpm", dict(steps=20)), ("ddim", dict(steps=10, eta=1.0)), ("dpmpp", dict(steps=8))]:
-        whole = sample(sampler, d, model, (3, 1, 2, 2), generators=generators_from_seeds(seeds),
-                       cond_fn=classifier_cond_fn(cls, y, 2.0), **kw)
-        parts = [sample(sampler, d, model, (1, 1, 2, 2), generators=generators_from_seeds([s]),
-                        cond_fn=classifier_cond_fn(cls, y[i:i + 1], 2.0), **kw) for i, s in enumerate(seeds)]
+    for sampler, kw in [
+        ("ddpm", dict(steps=20)),
+        ("ddim", dict(steps=10, eta=1.0)),
+        ("dpmpp", dict(steps=8)),
+    ]:
+        whole = sample(
+            sampler,
+            d,
+            model,
+            (3, 1, 2, 2),
+            generators=generators_from_seeds(seeds),
+            cond_fn=classifier_cond_fn(cls, y, 2.0),
+            **kw,
+        )
+        parts = [
+            sample(
+                sampler,
+                d,
+                model,
+                (1, 1, 2, 2),
+                generators=generators_from_seeds([s]),
+                cond_fn=classifier_cond_fn(cls, y[i : i + 1], 2.0),
+                **kw,
+            )
+            for i, s in enumerate(seeds)
+        ]
         torch.testing.assert_close(whole, torch.cat(parts), rtol=0, atol=1e-6)
     assert model.grad_enabled and not any(model.grad_enabled)  # the denoiser ran under no_grad
     assert model.gain.grad is None and cls.gain.grad is None  # autograd.grad wrt x_t only
@@ -184,10 +244,24 @@ def test_classifier_guidance_combines_with_classifier_free_guidance():
     shape = (2000, 1, 2, 2)
     gen = lambda: torch.Generator().manual_seed(2)  # noqa: E731
     cfg = sample("ddim", d, cfg_model_fn(cond_model, y, 2, 2.0), shape, steps=50, generators=gen())
-    both = sample("ddim", d, cfg_model_fn(cond_model, y, 2, 2.0), shape, steps=50, generators=gen(),
-                  cond_fn=classifier_cond_fn(ExactClassifier(d), y, 1.0))
-    cls = sample("ddim", d, base, shape, steps=50, generators=gen(),
-                 cond_fn=classifier_cond_fn(ExactClassifier(d), y, 1.0))
+    both = sample(
+        "ddim",
+        d,
+        cfg_model_fn(cond_model, y, 2, 2.0),
+        shape,
+        steps=50,
+        generators=gen(),
+        cond_fn=classifier_cond_fn(ExactClassifier(d), y, 1.0),
+    )
+    cls = sample(
+        "ddim",
+        d,
+        base,
+        shape,
+        steps=50,
+        generators=gen(),
+        cond_fn=classifier_cond_fn(ExactClassifier(d), y, 1.0),
+    )
     m_cfg, m_both, m_cls = (along_class(x, y).mean().item() for x in (cfg, both, cls))
     assert m_both > max(m_cfg, m_cls) + 0.1
 

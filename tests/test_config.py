@@ -12,8 +12,15 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 ENTRY_POINTS = {
     "simulate": ["out_dir=D", "n_per_class=3", "image_size=128", "seed=1", "classes=[walk,run]"],
     "train_vae": ["vae=f8", "trainer.max_steps=5", "out_dir=D"],
-    "train": ["model=small", "data=microdoppler", "data.latents=cached", "trainer=ddp_sim",
-              "logger=tensorboard", "vae.path=V", "ckpt_path=last"],
+    "train": [
+        "model=small",
+        "data=microdoppler",
+        "data.latents=cached",
+        "trainer=ddp_sim",
+        "logger=tensorboard",
+        "vae.path=V",
+        "ckpt_path=last",
+    ],
     "sample": ["run=R", "sampler=ddim", "steps=50", "guidance=2", "n_per_class=4", "seed=3"],
     "evaluate": ["real=image_folder", "real.root=DIR", "generated=G", "out_dir=D"],
     "bench": ["out_dir=D", "quick=true"],
@@ -65,12 +72,15 @@ def test_wandb_logger_is_offline_unless_wandb_mode_says_online(monkeypatch):
 
 
 def test_quality_callback_shares_evaluate_domain_classifier():
-    """callbacks=quality logs eval/cas and eval/fid_domain with the very classifier `evaluate` caches."""
+    """callbacks=quality logs eval/cas and eval/fid_domain with the very classifier `evaluate`
+    caches."""
     from hydra import compose, initialize_config_dir
 
     conf = str(Path(__file__).resolve().parents[1] / "conf")
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
-        train = compose(config_name="train", overrides=["callbacks=quality"], return_hydra_config=True)
+        train = compose(
+            config_name="train", overrides=["callbacks=quality"], return_hydra_config=True
+        )
         ev = compose(config_name="evaluate", overrides=["generated=x"], return_hydra_config=True)
     cb = train.callbacks
     assert {"model_checkpoint", "sample_grid", "domain_metrics"} <= set(cb)
@@ -79,15 +89,20 @@ def test_quality_callback_shares_evaluate_domain_classifier():
     assert raw["cache_dir"] == OmegaConf.to_container(ev, resolve=False)["cache_dir"]
 
 
-@pytest.mark.parametrize(("overrides", "needle"), [
-    (["vae=none"], "data.latents=online needs a VAE, but vae=none"),
-    (["vae=none", "data.latents=cached"], "data.latents=cached needs a VAE"),
-    (["data.latents=pixel"], "data.latents=pixel trains on pixels, but vae=f4"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["vae=none"], "data.latents=online needs a VAE, but vae=none"),
+        (["vae=none", "data.latents=cached"], "data.latents=cached needs a VAE"),
+        (["data.latents=pixel"], "data.latents=pixel trains on pixels, but vae=f4"),
+    ],
+)
 def test_data_latents_that_contradict_the_vae_choice_are_refused_not_rewritten(overrides, needle):
     from latent_diffusion.train import check_latents_mode
     from latent_diffusion.utils.errors import UserError
 
     with pytest.raises(UserError, match=needle):
         check_latents_mode(_compose("train", overrides))
-    check_latents_mode(_compose("train", ["experiment=pixel_baseline"]))  # the documented way: accepted
+    check_latents_mode(
+        _compose("train", ["experiment=pixel_baseline"])
+    )  # the documented way: accepted

@@ -17,10 +17,17 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 def compose_data(tmp_path, *overrides):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=[
-            "data.n_per_class=4", "data.val_per_class=2", "data.test_per_class=2",
-            "data.batch_size=8", f"paths.cache_dir={tmp_path / 'cache'}", *overrides,
-        ])
+        return compose(
+            config_name="train",
+            overrides=[
+                "data.n_per_class=4",
+                "data.val_per_class=2",
+                "data.test_per_class=2",
+                "data.batch_size=8",
+                f"paths.cache_dir={tmp_path / 'cache'}",
+                *overrides,
+            ],
+        )
 
 
 def test_microdoppler_config_gives_pixel_batches(tmp_path):
@@ -28,7 +35,16 @@ def test_microdoppler_config_gives_pixel_batches(tmp_path):
     dm = instantiate(cfg.data)
     dm.prepare_data()
     dm.setup()
-    assert dm.class_names == ["walk", "run", "jump", "fall", "sit_down", "stand_up", "pick_up", "box"]
+    assert dm.class_names == [
+        "walk",
+        "run",
+        "jump",
+        "fall",
+        "sit_down",
+        "stand_up",
+        "pick_up",
+        "box",
+    ]
     assert (dm.channels, dm.image_size) == (1, 64)
     assert [len(dm.dataset(s)) for s in ("train", "val", "test")] == [32, 16, 16]
     batch = next(iter(dm.train_dataloader()))
@@ -66,11 +82,14 @@ def test_time_flip_reverses_the_time_axis():
     assert torch.equal(shifted.sort(-1).values, x.sort(-1).values)  # same values, rolled in time
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("data.latents=sometimes", "data.latents"),
-    ("data.batch_size=0", "data.batch_size"),
-    ("data.classes=[walk,swim]", "swim"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("data.latents=sometimes", "data.latents"),
+        ("data.batch_size=0", "data.batch_size"),
+        ("data.classes=[walk,swim]", "swim"),
+    ],
+)
 def test_bad_values_are_user_errors(tmp_path, override, needle):
     cfg = compose_data(tmp_path, override)
     with pytest.raises(Exception) as info:

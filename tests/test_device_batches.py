@@ -22,17 +22,29 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def _cached_datamodule(tmp_path, on_device):
-    """The composed data=microdoppler config with latents=cached, encoded by a small random f4 VAE."""
+    """The composed data=microdoppler config with latents=cached, encoded by a small random f4
+    VAE."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[
-            "data.n_per_class=5", "data.val_per_class=2", "data.test_per_class=2",
-            "data.batch_size=8", "data.latents=cached", f"data.latents_on_device={on_device}",
-            f"paths.cache_dir={tmp_path / 'cache'}",
-        ])
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                "data.n_per_class=5",
+                "data.val_per_class=2",
+                "data.test_per_class=2",
+                "data.batch_size=8",
+                "data.latents=cached",
+                f"data.latents_on_device={on_device}",
+                f"paths.cache_dir={tmp_path / 'cache'}",
+            ],
+        )
     dm = instantiate(cfg.data)
     torch.manual_seed(0)
-    vae = FrozenVAE(build_autoencoder(block_out_channels=(8, 16, 16), norm_num_groups=8),
-                    None, data_channels=1, weights_hash="test")
+    vae = FrozenVAE(
+        build_autoencoder(block_out_channels=(8, 16, 16), norm_num_groups=8),
+        None,
+        data_channels=1,
+        weights_hash="test",
+    )
     x = torch.stack([dm.dataset("train")[i][0] for i in range(40)])
     vae.ensure_stats(lambda: DataLoader(x, batch_size=20), None, min_latents=40)
     dm.use_latent_cache(vae, tmp_path / "cache" / "latents")
@@ -76,19 +88,29 @@ def test_auto_stays_on_the_dataloader_on_cpu_and_bad_values_fail(tmp_path):
         SpectrogramDataModule(source="microdoppler", latents_on_device="gpu")
 
 
-@pytest.mark.parametrize("n,batch,drop_last", [(40, 8, True), (37, 8, True), (37, 8, False), (5, 4, False)])
+@pytest.mark.parametrize(
+    "n,batch,drop_last", [(40, 8, True), (37, 8, True), (37, 8, False), (5, 4, False)]
+)
 def test_rank_shares_match_lightnings_distributed_sampler(n, batch, drop_last):
     """Lightning injects DistributedSampler(shuffle=True, seed=PL_GLOBAL_SEED) into a training
     DataLoader under DDP; the device path must give each rank the same share, epoch by epoch."""
     g = torch.Generator().manual_seed(1)
-    ds = PosteriorDataset(torch.randn(n, 4, 2, 2, generator=g), torch.rand(n, 4, 2, 2, generator=g),
-                          torch.arange(n))
+    ds = PosteriorDataset(
+        torch.randn(n, 4, 2, 2, generator=g), torch.rand(n, 4, 2, 2, generator=g), torch.arange(n)
+    )
     seen = {0: [], 1: []}
     for rank in (0, 1):
         sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=7)
         ref = DataLoader(ds, batch_size=batch, sampler=sampler, drop_last=drop_last)
-        dev = OnDeviceBatches({"mean": ds.mean, "std": ds.std, "y": ds.y}, batch, shuffle=True,
-                              drop_last=drop_last, rank=rank, world_size=2, seed=7)
+        dev = OnDeviceBatches(
+            {"mean": ds.mean, "std": ds.std, "y": ds.y},
+            batch,
+            shuffle=True,
+            drop_last=drop_last,
+            rank=rank,
+            world_size=2,
+            seed=7,
+        )
         assert len(dev) == len(ref)
         for epoch in (0, 1):
             sampler.set_epoch(epoch)
@@ -139,10 +161,17 @@ def test_ddp_ranks_get_the_distributed_sampler_share(tmp_path):
 
     dm = _cached_datamodule(tmp_path, "true")
     L.seed_everything(3)  # PL_GLOBAL_SEED: the DistributedSampler seed
-    trainer = L.Trainer(accelerator="cpu", devices=2, max_epochs=2, logger=False,
-                        strategy=DDPStrategy(start_method="spawn", process_group_backend="gloo"),
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        max_epochs=2,
+        logger=False,
+        strategy=DDPStrategy(start_method="spawn", process_group_backend="gloo"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(_RecordLabels(str(tmp_path)), datamodule=dm)
     ds = dm._latent_splits["train"]
     for rank in (0, 1):
@@ -154,4 +183,6 @@ def test_ddp_ranks_get_the_distributed_sampler_share(tmp_path):
             loader = DataLoader(ds, batch_size=8, sampler=sampler, drop_last=True)
             want.append(torch.cat([b["y"] for b in loader]).tolist())
         assert got == want, rank
-        assert len(got[0]) == 16 and got[0] != got[1]  # 40 items / 2 ranks, batches of 8; reshuffled
+        assert (
+            len(got[0]) == 16 and got[0] != got[1]
+        )  # 40 items / 2 ranks, batches of 8; reshuffled

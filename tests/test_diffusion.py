@@ -31,10 +31,14 @@ DIFFUSERS_SCHEDULE = {
 def test_alphas_cumprod_and_q_sample_match_diffusers(schedule):
     d = GaussianDiffusion(betas_for(schedule, 1000))
     sch = DDPMScheduler(num_train_timesteps=1000, **DIFFUSERS_SCHEDULE[schedule])
-    np.testing.assert_allclose(d.schedule.alphas_cumprod, sch.alphas_cumprod.numpy(), rtol=2e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        d.schedule.alphas_cumprod, sch.alphas_cumprod.numpy(), rtol=2e-5, atol=1e-7
+    )
     x0, noise = torch.randn(8, 4, 8, 8), torch.randn(8, 4, 8, 8)
     t = torch.tensor([0, 1, 10, 100, 500, 900, 998, 999])
-    torch.testing.assert_close(d.q_sample(x0, t, noise), sch.add_noise(x0, noise, t), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        d.q_sample(x0, t, noise), sch.add_noise(x0, noise, t), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_linear_schedule_is_scaled_by_1000_over_T():
@@ -51,10 +55,14 @@ def test_linear_schedule_is_scaled_by_1000_over_T():
 def test_posterior_matches_gaussian_conditioning_and_diffusers():
     d = GaussianDiffusion(betas_for("linear", 1000), learn_sigma=True)
     s = d.schedule
-    x0, x_t = torch.randn(5, 4, 2, 2, dtype=torch.float64), torch.randn(5, 4, 2, 2, dtype=torch.float64)
+    x0, x_t = (
+        torch.randn(5, 4, 2, 2, dtype=torch.float64),
+        torch.randn(5, 4, 2, 2, dtype=torch.float64),
+    )
     t = torch.tensor([1, 2, 50, 400, 999])
     mean, var, _ = d.q_posterior_mean_variance(x0, x_t, t)
-    # Independent derivation: x_{t-1}|x0 ~ N(sqrt(acp_prev) x0, 1-acp_prev), x_t = sqrt(alpha) x_{t-1} + sqrt(beta) e;
+    # Independent derivation: x_{t-1}|x0 ~ N(sqrt(acp_prev) x0, 1-acp_prev), x_t = sqrt(alpha)
+    # x_{t-1} + sqrt(beta) e;
     # condition the joint Gaussian of (x_{t-1}, x_t) given x0 on x_t.
     for k, tk in enumerate(t.tolist()):
         acp, acp_prev, alpha = s.alphas_cumprod[tk], s.alphas_cumprod_prev[tk], 1 - s.betas[tk]
@@ -64,7 +72,12 @@ def test_posterior_matches_gaussian_conditioning_and_diffusers():
         torch.testing.assert_close(mean[k], m)
         assert var[k].item() == pytest.approx(v, rel=1e-10)
     # diffusers' DDPM step with an x0 prediction: prev = posterior mean + sqrt(beta_tilde) z.
-    sch = DDPMScheduler(num_train_timesteps=1000, prediction_type="sample", clip_sample=False, variance_type="fixed_small")
+    sch = DDPMScheduler(
+        num_train_timesteps=1000,
+        prediction_type="sample",
+        clip_sample=False,
+        variance_type="fixed_small",
+    )
     for tk in [1, 50, 999]:
         x0f, xtf = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
         prev = sch.step(x0f, tk, xtf, generator=torch.Generator().manual_seed(3)).prev_sample
@@ -96,7 +109,9 @@ def test_learned_range_endpoints_and_diffusers_learned_range():
 def test_gaussian_divergences():
     m, lv = torch.randn(100, dtype=torch.float64), torch.randn(100, dtype=torch.float64)
     assert normal_kl(m, lv, m, lv).abs().max() < 1e-15  # KL of identical Gaussians is 0
-    kl = normal_kl(torch.tensor(1.0), torch.tensor(0.0), torch.tensor(0.0), torch.tensor(math.log(4.0)))
+    kl = normal_kl(
+        torch.tensor(1.0), torch.tensor(0.0), torch.tensor(0.0), torch.tensor(math.log(4.0))
+    )
     assert kl.item() == pytest.approx(math.log(2) + (1 + 1) / 8 - 0.5)  # closed form, sigma 1 vs 2
     nll = gaussian_nll(torch.tensor(0.5), torch.tensor(0.0), torch.tensor(math.log(0.25)))
     ref = -torch.distributions.Normal(0.0, 0.5).log_prob(torch.tensor(0.5))
@@ -105,8 +120,13 @@ def test_gaussian_divergences():
 
 @pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
 def test_parametrisation_round_trips(prediction):
-    d = GaussianDiffusion(betas_for("cosine", 1000), prediction=prediction, learn_sigma=False, loss="mse")
-    x0, eps = torch.randn(4, 4, 3, 3, dtype=torch.float64), torch.randn(4, 4, 3, 3, dtype=torch.float64)
+    d = GaussianDiffusion(
+        betas_for("cosine", 1000), prediction=prediction, learn_sigma=False, loss="mse"
+    )
+    x0, eps = (
+        torch.randn(4, 4, 3, 3, dtype=torch.float64),
+        torch.randn(4, 4, 3, 3, dtype=torch.float64),
+    )
     t = torch.tensor([0, 3, 500, 999])
     x_t = d.q_sample(x0, t, eps)
     v = d.v_from(x0, eps, t)
@@ -138,7 +158,10 @@ def test_vb_trains_only_the_variance():
 
 def test_vb_is_zero_when_model_matches_posterior_and_t0_is_continuous_nll():
     d = GaussianDiffusion(betas_for("linear", 1000), learn_sigma=True)
-    x0, noise = torch.randn(3, 4, 4, 4, dtype=torch.float64), torch.randn(3, 4, 4, 4, dtype=torch.float64)
+    x0, noise = (
+        torch.randn(3, 4, 4, 4, dtype=torch.float64),
+        torch.randn(3, 4, 4, 4, dtype=torch.float64),
+    )
     # exact eps and v = -1 (variance beta_tilde): p equals q(x_{t-1}|x_t,x0), KL = 0
     t = torch.tensor([5, 300, 999])
     out = torch.cat([noise, -torch.ones_like(x0)], 1)
@@ -148,14 +171,18 @@ def test_vb_is_zero_when_model_matches_posterior_and_t0_is_continuous_nll():
     t0 = torch.zeros(3, dtype=torch.long)
     x_t = d.q_sample(x0, t0, noise)
     p = d.p_mean_variance(out, x_t, t0)
-    ref = -torch.distributions.Normal(p["mean"], p["variance"].sqrt()).log_prob(x0).mean((1, 2, 3)) / math.log(2)
+    ref = -torch.distributions.Normal(p["mean"], p["variance"].sqrt()).log_prob(x0).mean(
+        (1, 2, 3)
+    ) / math.log(2)
     torch.testing.assert_close(d.vb_terms_bpd(out, x0, x_t, t0), ref)
     assert torch.isfinite(ref).all()
 
 
 def test_mse_targets_and_loss_choices():
     for prediction in ["eps", "v", "x0"]:
-        d = GaussianDiffusion(betas_for("linear", 100), prediction=prediction, learn_sigma=False, loss="mse")
+        d = GaussianDiffusion(
+            betas_for("linear", 100), prediction=prediction, learn_sigma=False, loss="mse"
+        )
         x0, noise = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
         t = torch.tensor([3, 60])
         target = d.target(x0, noise, t)
@@ -175,8 +202,13 @@ def test_min_snr_weight_is_min_snr_gamma_times_the_x0_error(prediction):
     """Min-SNR-gamma (Hang et al. 2023): whatever the target, the weighted L_simple of a
     prediction that is off by delta in x0 equals min(SNR_t, gamma) * mean(delta^2)."""
     gamma = 5.0
-    d = GaussianDiffusion(betas_for("linear", 1000), prediction=prediction, learn_sigma=False,
-                          loss="mse", snr_gamma=gamma)
+    d = GaussianDiffusion(
+        betas_for("linear", 1000),
+        prediction=prediction,
+        learn_sigma=False,
+        loss="mse",
+        snr_gamma=gamma,
+    )
     g = torch.Generator().manual_seed(0)
     x0, noise = torch.randn(6, 4, 4, 4, generator=g), torch.randn(6, 4, 4, 4, generator=g)
     delta = 0.1 * torch.randn(6, 4, 4, 4, generator=g, dtype=torch.float64)
@@ -190,10 +222,16 @@ def test_min_snr_weight_is_min_snr_gamma_times_the_x0_error(prediction):
     acp = torch.as_tensor(d.schedule.alphas_cumprod)[t]
     snr = acp / (1 - acp)
     expected = snr.clamp(max=gamma) * (delta**2).mean((1, 2, 3))
-    torch.testing.assert_close(out["loss"], expected, rtol=1e-4, atol=1e-9)  # the loss casts to float32
+    torch.testing.assert_close(
+        out["loss"], expected, rtol=1e-4, atol=1e-9
+    )  # the loss casts to float32
     # the reported mse stays the plain, unweighted one
-    plain = GaussianDiffusion(betas_for("linear", 1000), prediction=prediction, learn_sigma=False, loss="mse")
-    torch.testing.assert_close(out["mse"], plain.training_losses(lambda xt, tt: pred, x0, t, noise)["loss"])
+    plain = GaussianDiffusion(
+        betas_for("linear", 1000), prediction=prediction, learn_sigma=False, loss="mse"
+    )
+    torch.testing.assert_close(
+        out["mse"], plain.training_losses(lambda xt, tt: pred, x0, t, noise)["loss"]
+    )
     with pytest.raises(UserError, match="snr_gamma"):
         GaussianDiffusion(betas_for("linear", 100), learn_sigma=False, loss="mse", snr_gamma=0)
 
@@ -214,7 +252,9 @@ def test_respaced_betas_reproduce_kept_alphas_cumprod_and_map_timesteps():
     d = GaussianDiffusion(betas_for("cosine", 1000), learn_sigma=True)
     keep = sorted(space_timesteps(1000, 25))
     r = respaced(d, keep)
-    np.testing.assert_allclose(r.schedule.alphas_cumprod, d.schedule.alphas_cumprod[keep], rtol=1e-9)
+    np.testing.assert_allclose(
+        r.schedule.alphas_cumprod, d.schedule.alphas_cumprod[keep], rtol=1e-9
+    )
     assert r.schedule.timestep_map.tolist() == keep
     seen = []
     model = lambda x_t, t: (seen.append(t.clone()), torch.zeros(len(t), 8, 2, 2))[1]  # noqa: E731
@@ -223,7 +263,9 @@ def test_respaced_betas_reproduce_kept_alphas_cumprod_and_map_timesteps():
     # a respaced process of a respaced process composes the maps
     rr = respaced(r, [0, 12, 24])
     assert rr.schedule.timestep_map.tolist() == [keep[0], keep[12], keep[24]]
-    np.testing.assert_allclose(rr.schedule.alphas_cumprod, d.schedule.alphas_cumprod[[keep[0], keep[12], keep[24]]])
+    np.testing.assert_allclose(
+        rr.schedule.alphas_cumprod, d.schedule.alphas_cumprod[[keep[0], keep[12], keep[24]]]
+    )
 
 
 def test_create_diffusion_from_hydra_config():
@@ -272,10 +314,15 @@ def test_importance_sampling_is_uniform_until_warm_then_unbiased():
 def test_vb_is_the_kl_between_true_and_model_posteriors_in_bits():
     d = GaussianDiffusion(betas_for("cosine", 1000), prediction="v", learn_sigma=True)
     torch.manual_seed(1)
-    x0, noise = torch.randn(3, 4, 4, 4, dtype=torch.float64), torch.randn(3, 4, 4, 4, dtype=torch.float64)
+    x0, noise = (
+        torch.randn(3, 4, 4, 4, dtype=torch.float64),
+        torch.randn(3, 4, 4, 4, dtype=torch.float64),
+    )
     t = torch.tensor([1, 250, 998])
     x_t = d.q_sample(x0, t, noise)
-    out = torch.cat([torch.randn_like(x0), torch.rand_like(x0) * 2 - 1], 1)  # any prediction, v in [-1, 1]
+    out = torch.cat(
+        [torch.randn_like(x0), torch.rand_like(x0) * 2 - 1], 1
+    )  # any prediction, v in [-1, 1]
     q_mean, q_var, _ = d.q_posterior_mean_variance(x0, x_t, t)
     p = d.p_mean_variance(out, x_t, t)
     kl = torch.distributions.kl_divergence(
@@ -288,6 +335,8 @@ def test_vb_is_the_kl_between_true_and_model_posteriors_in_bits():
 def test_rescaled_timesteps_reach_the_model_as_in_guided_diffusion():
     d = GaussianDiffusion(betas_for("linear", 500), rescale_timesteps=True)
     r = respaced(d, [0, 10, 499])
-    torch.testing.assert_close(r.model_timesteps(torch.tensor([0, 1, 2])), torch.tensor([0.0, 20.0, 998.0]))
+    torch.testing.assert_close(
+        r.model_timesteps(torch.tensor([0, 1, 2])), torch.tensor([0.0, 20.0, 998.0])
+    )
     plain = respaced(GaussianDiffusion(betas_for("linear", 500)), [0, 10, 499])
     assert plain.model_timesteps(torch.tensor([1, 2])).tolist() == [10, 499]

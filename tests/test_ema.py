@@ -11,7 +11,9 @@ from torch import nn
 from latent_diffusion.lit.ema import EMA
 from latent_diffusion.models.unet import ADMUNet
 
-MICRO = dict(base_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,), head_dim=32)
+MICRO = dict(
+    base_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,), head_dim=32
+)
 
 
 def _net(seed: int = 0) -> nn.Module:
@@ -65,7 +67,7 @@ def test_converges_to_a_constant_model_and_skips_repeated_steps():
 def test_half_life_in_images():
     ema = EMA(_net(), warmup=False, half_life_images=1000)
     assert ema.decay_at(0, images_per_step=1000) == pytest.approx(0.5)
-    assert ema.decay_at(0, images_per_step=10) == pytest.approx(0.5 ** 0.01)
+    assert ema.decay_at(0, images_per_step=10) == pytest.approx(0.5**0.01)
     with pytest.raises(ValueError, match="images_per_step"):
         ema.decay_at(0)
 
@@ -126,7 +128,9 @@ def test_holds_no_trainable_parameters_and_lives_in_the_parent_checkpoint():
     assert all(not b.requires_grad for b in lit.ema.buffers())
     assert all(b.dtype in (torch.float32, torch.long) for b in lit.ema.buffers())
     # The optimizer sees the denoiser's parameters once, never the shadow copy.
-    assert sum(p.numel() for p in lit.parameters()) == sum(p.numel() for p in lit.denoiser.parameters())
+    assert sum(p.numel() for p in lit.parameters()) == sum(
+        p.numel() for p in lit.denoiser.parameters()
+    )
     keys = lit.state_dict().keys()
     assert "ema.0/weight" in keys and "ema.1/running_mean" in keys and "ema.num_updates" in keys
     # Integer buffers (BatchNorm's num_batches_tracked) are not averaged.

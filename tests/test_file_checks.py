@@ -23,15 +23,23 @@ from latent_diffusion.utils.errors import UserError
 # ------------------------------------------------------------------ several candidate arrays
 def test_several_2d_arrays_are_named_not_guessed(tmp_path):
     spec, mask = np.random.default_rng(0).random((16, 16)), np.ones((16, 16))
-    np.savez(tmp_path / "a.npz", mask=mask, spec=spec, t=np.arange(16.0))  # the first is not the spectrogram
+    np.savez(
+        tmp_path / "a.npz", mask=mask, spec=spec, t=np.arange(16.0)
+    )  # the first is not the spectrogram
     scipy.io.savemat(tmp_path / "a.mat", {"S": spec, "M": mask, "fs": 1000.0})
     for f in ("a.npz", "a.mat"):
-        with pytest.raises(UserError, match=r"several 2-D arrays .*'(mask|S)' \(16, 16\).*data.variable="):
+        with pytest.raises(
+            UserError, match=r"several 2-D arrays .*'(mask|S)' \(16, 16\).*data.variable="
+        ):
             load_spectrogram(tmp_path / f)
     a = load_spectrogram(tmp_path / "a.npz", variable="spec", value_kind="unit")
     np.testing.assert_allclose(a, spec.astype(np.float32))
-    np.savez(tmp_path / "one.npz", t=np.arange(16.0), spec=spec)  # an axis vector first: not a candidate
-    np.testing.assert_allclose(load_spectrogram(tmp_path / "one.npz", value_kind="unit"), spec.astype(np.float32))
+    np.savez(
+        tmp_path / "one.npz", t=np.arange(16.0), spec=spec
+    )  # an axis vector first: not a candidate
+    np.testing.assert_allclose(
+        load_spectrogram(tmp_path / "one.npz", value_kind="unit"), spec.astype(np.float32)
+    )
 
 
 # ------------------------------------------------------------------ generated stacks
@@ -40,14 +48,21 @@ def _npz(path, x, y, names=("walk", "fall")):
     return path
 
 
-@pytest.mark.parametrize("x,y,match", [
-    (np.zeros((4, 1, 16, 16), np.uint8), [0, 1, 0, 1], r"channel-first \(N, C, H, W\) = \(4, 1, 16, 16\).*transpose"),
-    (np.zeros((4, 16, 16, 2), np.uint8), [0, 1, 0, 1], r"2 channels"),
-    (np.zeros((4, 16, 16, 1), np.uint8), [0, 1, 0], r"\(3,\) labels for 4 images"),
-    (np.zeros((4, 16, 16), np.uint8), [0, 1, 2, 1], r"labels outside 0..1 \(e.g. \[2\]\)"),
-    (np.zeros((4, 16, 16), np.uint8), [0, -1, 0, 1], r"labels outside 0..1 \(e.g. \[-1\]\)"),
-    (np.zeros((4, 16, 16), np.uint8), [0.5, 1, 0, 1], r"not integer class indices"),
-])
+@pytest.mark.parametrize(
+    "x,y,match",
+    [
+        (
+            np.zeros((4, 1, 16, 16), np.uint8),
+            [0, 1, 0, 1],
+            r"channel-first \(N, C, H, W\) = \(4, 1, 16, 16\).*transpose",
+        ),
+        (np.zeros((4, 16, 16, 2), np.uint8), [0, 1, 0, 1], r"2 channels"),
+        (np.zeros((4, 16, 16, 1), np.uint8), [0, 1, 0], r"\(3,\) labels for 4 images"),
+        (np.zeros((4, 16, 16), np.uint8), [0, 1, 2, 1], r"labels outside 0..1 \(e.g. \[2\]\)"),
+        (np.zeros((4, 16, 16), np.uint8), [0, -1, 0, 1], r"labels outside 0..1 \(e.g. \[-1\]\)"),
+        (np.zeros((4, 16, 16), np.uint8), [0.5, 1, 0, 1], r"not integer class indices"),
+    ],
+)
 def test_generated_stacks_are_checked_for_layout_and_labels(tmp_path, x, y, match):
     with pytest.raises(UserError, match=match):
         load_generated(_npz(tmp_path / "s.npz", x, y), ["walk", "fall"], 16)
@@ -67,9 +82,16 @@ def test_broken_symlinks_are_named_with_strict_and_said_without(tmp_path):
         for i in range(4):
             Image.fromarray(np.full((16, 16), 40 * i, np.uint8)).save(root / c / f"{i}.png")
     (root / "walk" / "gone.png").symlink_to(tmp_path / "unmounted" / "gone.png")
-    kw = {"root": str(root), "image_size": 16, "cache_dir": tmp_path / "cache", "val_fraction": 0.25,
-          "test_fraction": 0.25}
-    with pytest.raises(UserError, match=r"1 data files are symbolic links whose target is gone: .*gone.png"):
+    kw = {
+        "root": str(root),
+        "image_size": 16,
+        "cache_dir": tmp_path / "cache",
+        "val_fraction": 0.25,
+        "test_fraction": 0.25,
+    }
+    with pytest.raises(
+        UserError, match=r"1 data files are symbolic links whose target is gone: .*gone.png"
+    ):
         ImageFolderSource(**kw)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
@@ -93,7 +115,9 @@ def test_a_truncated_export_says_it_is_damaged_and_how_to_rebuild(tiny_export, t
     shutil.copytree(tiny_export, bad)
     weights = bad / "denoiser" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    with pytest.raises(UserError, match=r"safetensors cannot be read .*this export is damaged.*ckpt_path=last"):
+    with pytest.raises(
+        UserError, match=r"safetensors cannot be read .*this export is damaged.*ckpt_path=last"
+    ):
         load_export(bad, load_vae=False)
     meta = (bad / "export.json").read_text()
     (bad / "export.json").write_text(meta[: len(meta) // 2])
@@ -109,7 +133,9 @@ def test_a_truncated_vae_folder_says_it_is_damaged(tmp_path):
     from latent_diffusion.vae.module import build_autoencoder
 
     torch.manual_seed(0)
-    build_autoencoder(block_out_channels=(8, 16), norm_num_groups=8).save_pretrained(tmp_path / "vae")
+    build_autoencoder(block_out_channels=(8, 16), norm_num_groups=8).save_pretrained(
+        tmp_path / "vae"
+    )
     w = next((tmp_path / "vae").glob("*.safetensors"))
     w.write_bytes(w.read_bytes()[:200])
     with pytest.raises(UserError, match=r"is damaged or incomplete .*rebuild it"):

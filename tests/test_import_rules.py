@@ -11,23 +11,75 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "latent_diffusion"
 FRAMEWORKS = ("lightning", "pytorch_lightning", "hydra", "omegaconf", "wandb")
-OURS = ("data", "diffusion", "models", "vae", "lit", "metrics", "benchmarks", "pipeline", "sampling",
-        "validation", "train", "train_vae", "train_classifier", "sample", "evaluate", "simulate", "study",
-        "bench", "demo", "sweeps", "utils")
+OURS = (
+    "data",
+    "diffusion",
+    "models",
+    "vae",
+    "lit",
+    "metrics",
+    "benchmarks",
+    "pipeline",
+    "sampling",
+    "validation",
+    "train",
+    "train_vae",
+    "train_classifier",
+    "sample",
+    "evaluate",
+    "simulate",
+    "study",
+    "bench",
+    "demo",
+    "sweeps",
+    "utils",
+)
 
 # package -> what it must never import (top-level module names, or latent_diffusion.<part>)
 FORBIDDEN = {
-    "diffusion": FRAMEWORKS + tuple(f"latent_diffusion.{p}" for p in OURS if p not in ("diffusion", "utils")),
-    "models": FRAMEWORKS + tuple(f"latent_diffusion.{p}" for p in OURS if p not in ("models", "utils")),
+    "diffusion": FRAMEWORKS
+    + tuple(f"latent_diffusion.{p}" for p in OURS if p not in ("diffusion", "utils")),
+    "models": FRAMEWORKS
+    + tuple(f"latent_diffusion.{p}" for p in OURS if p not in ("models", "utils")),
     "utils": FRAMEWORKS[:2] + tuple(f"latent_diffusion.{p}" for p in OURS if p != "utils"),
-    "data": tuple(f"latent_diffusion.{p}" for p in ("lit", "diffusion", "models", "vae", "pipeline",
-                                                      "sampling", "metrics", "benchmarks", "validation")),
+    "data": tuple(
+        f"latent_diffusion.{p}"
+        for p in (
+            "lit",
+            "diffusion",
+            "models",
+            "vae",
+            "pipeline",
+            "sampling",
+            "metrics",
+            "benchmarks",
+            "validation",
+        )
+    ),
     # checks run before any expensive work: they may read data/'s constants, never build models
-    "validation": ("lightning", "pytorch_lightning") + tuple(
-        f"latent_diffusion.{p}" for p in ("lit", "diffusion", "models", "vae", "pipeline", "sampling",
-                                         "metrics", "benchmarks")),
-    "pipeline.py": ("lightning", "pytorch_lightning", "hydra", "latent_diffusion.lit", "latent_diffusion.data",
-                    "latent_diffusion.sampling", "latent_diffusion.metrics"),
+    "validation": ("lightning", "pytorch_lightning")
+    + tuple(
+        f"latent_diffusion.{p}"
+        for p in (
+            "lit",
+            "diffusion",
+            "models",
+            "vae",
+            "pipeline",
+            "sampling",
+            "metrics",
+            "benchmarks",
+        )
+    ),
+    "pipeline.py": (
+        "lightning",
+        "pytorch_lightning",
+        "hydra",
+        "latent_diffusion.lit",
+        "latent_diffusion.data",
+        "latent_diffusion.sampling",
+        "latent_diffusion.metrics",
+    ),
 }
 
 

@@ -22,7 +22,9 @@ from latent_diffusion.metrics.suite import stack_split
 from latent_diffusion.utils.errors import UserError
 
 CLASSES = ["walk", "run", "fall", "box"]
-REAL = dict(n_per_class=30, val_per_class=5, test_per_class=30, image_size=64, seed=0, classes=CLASSES)
+REAL = dict(
+    n_per_class=30, val_per_class=5, test_per_class=30, image_size=64, seed=0, classes=CLASSES
+)
 SMALL = ClassifierConfig(width=8, steps=150, batch_size=32)
 
 
@@ -39,7 +41,9 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def real(workdir):
-    src = build_source("microdoppler", **REAL, cache_dir=str(workdir / ".cache" / "latent_diffusion" / "simulator"))
+    src = build_source(
+        "microdoppler", **REAL, cache_dir=str(workdir / ".cache" / "latent_diffusion" / "simulator")
+    )
     return {s: stack_split(src.split(s)) for s in ("train", "val", "test")}
 
 
@@ -50,7 +54,9 @@ def model(real):
 
 
 def _blur(x: torch.Tensor, k: int) -> torch.Tensor:
-    return torch.nn.functional.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)[..., :64, :64]
+    return torch.nn.functional.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)[
+        ..., :64, :64
+    ]
 
 
 # ------------------------------------------------------------------ distances
@@ -134,8 +140,19 @@ def test_augmentation_curve_shape_and_gain(real):
     (tx, ty), (sx, sy) = real["train"], real["test"]
     cfg = ClassifierConfig(width=8, steps=30, batch_size=32)
     with one_thread():
-        curve = protocol.augmentation_curve(tx, ty.numpy(), tx, ty.numpy(), sx, sy.numpy(), CLASSES, cfg,
-                                            fractions=[0.2], multipliers=[0, 2], seeds=[0])
+        curve = protocol.augmentation_curve(
+            tx,
+            ty.numpy(),
+            tx,
+            ty.numpy(),
+            sx,
+            sy.numpy(),
+            CLASSES,
+            cfg,
+            fractions=[0.2],
+            multipliers=[0, 2],
+            seeds=[0],
+        )
     row = curve["0.2"]
     assert set(row["accuracy"]) == {"0", "2"}
     assert row["gain"] == pytest.approx(row["accuracy"]["2"]["mean"] - row["accuracy"]["0"]["mean"])
@@ -179,7 +196,11 @@ def test_kinematic_wasserstein_real_vs_real_small_vs_other_class(real):
     swapped = np.where(sy.numpy() == run, walk, -1)
     other = kinematics.kinematic_fidelity(b, swapped, a, ty.numpy(), CLASSES)
     for s in ("bandwidth", "max_doppler"):
-        assert fid["walk"][s]["w1"] * 3 < other["walk"][s]["w1"], (s, fid["walk"][s], other["walk"][s])
+        assert fid["walk"][s]["w1"] * 3 < other["walk"][s]["w1"], (
+            s,
+            fid["walk"][s],
+            other["walk"][s],
+        )
     assert fid["fall"]["cadence"]["w1"] is None or np.isfinite(fid["fall"]["cadence"]["w1"])
 
 
@@ -191,11 +212,15 @@ def test_memorisation_flags_copies_not_fresh_samples(real, model):
     feats = DomainFeatures(model)
     ftr = extract_features(feats, tx)
     copies = tx[:40]
-    m = memorisation.memorisation(copies, sx, tx, extract_features(feats, copies), extract_features(feats, sx), ftr)
+    m = memorisation.memorisation(
+        copies, sx, tx, extract_features(feats, copies), extract_features(feats, sx), ftr
+    )
     assert m["pixel"]["ratio"] < 0.01 and m["pixel"]["frac_copies"] == 1.0
     assert m["feature"]["ratio"] < 0.01
     fresh, held = sx[::2], sx[1::2]  # disjoint halves of fresh simulator draws
-    m = memorisation.memorisation(fresh, held, tx, extract_features(feats, fresh), extract_features(feats, held), ftr)
+    m = memorisation.memorisation(
+        fresh, held, tx, extract_features(feats, fresh), extract_features(feats, held), ftr
+    )
     assert 0.75 < m["pixel"]["ratio"] < 1.33 and m["pixel"]["frac_copies"] < 0.1, m["pixel"]
     assert 0.6 < m["feature"]["ratio"] < 1.6
 
@@ -209,7 +234,9 @@ def _write_folder(root, names, n=3, size=64):
     for c in names:
         (root / c).mkdir(parents=True)
         for i in range(n):
-            Image.fromarray(np.full((size, size), 40 * i, np.uint8), mode="L").save(root / c / f"{c}_{i:05d}.png")
+            Image.fromarray(np.full((size, size), 40 * i, np.uint8), mode="L").save(
+                root / c / f"{c}_{i:05d}.png"
+            )
 
 
 def test_generated_folder_and_npz(tmp_path):
@@ -266,7 +293,9 @@ def test_vae_ceiling_vae_from_a_run_export(tmp_path):
 
     vae = load_vae(OmegaConf.create({"vae_path": str(_tiny_vae(tmp_path / "vae")), "run": None}))
     (tmp_path / "run" / "export").mkdir(parents=True)
-    (tmp_path / "run" / "export" / "export.json").write_text(json.dumps({"vae": vae_reference(vae)}))
+    (tmp_path / "run" / "export" / "export.json").write_text(
+        json.dumps({"vae": vae_reference(vae)})
+    )
     again = load_vae(OmegaConf.create({"vae_path": None, "run": str(tmp_path / "run")}))
     assert again.weights_hash == vae.weights_hash
     x = torch.rand(2, 1, 64, 64) * 2 - 1

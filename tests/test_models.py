@@ -1,4 +1,5 @@
-"""The ADM UNet denoiser: shapes, zero init, class conditioning, label drop, attention placement, configs."""
+"""The ADM UNet denoiser: shapes, zero init, class conditioning, label drop, attention placement,
+configs."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from latent_diffusion.models.unet import ADMUNet
 from latent_diffusion.utils.errors import UserError
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
-TINY = dict(base_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,), head_dim=32)
+TINY = dict(
+    base_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,), head_dim=32
+)
 # The same family at 8x8 for tests where only behaviour, not geometry, matters (4x cheaper).
 MICRO = {**TINY, "attention_resolutions": (4,)}
 
@@ -46,7 +49,10 @@ def _perturb(model: torch.nn.Module, seed: int = 1) -> None:
 )
 def test_output_shape_and_zero_init(in_ch, size, mult, learn_sigma):
     model = ADMUNet(
-        in_channels=in_ch, num_classes=5, sample_size=size, learn_sigma=learn_sigma,
+        in_channels=in_ch,
+        num_classes=5,
+        sample_size=size,
+        learn_sigma=learn_sigma,
         **{**TINY, "channel_mult": mult},
     )
     x, t, y = _inputs(2, in_ch, size)
@@ -92,7 +98,9 @@ def test_drop_labels_rate_and_null_id():
 def _labels_seen(model: ADMUNet, y: torch.Tensor) -> torch.Tensor:
     """The labels that actually reach the class embedding in one forward pass."""
     seen = []
-    handle = model.unet.class_embedding.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+    handle = model.unet.class_embedding.register_forward_hook(
+        lambda m, inp, out: seen.append(inp[0])
+    )
     x, t, _ = _inputs(y.shape[0], 4, 8)
     with torch.no_grad():
         model(x, t, y)
@@ -107,7 +115,9 @@ def test_label_dropout_only_in_training():
     seen_train = _labels_seen(model.train(), y)
     rate = (seen_train == model.null_class).float().mean().item()
     assert 0.1 < rate < 0.5  # p=0.3, n=96: sd 0.047; the exact rate is tested on drop_labels
-    assert torch.all(seen_train[seen_train != model.null_class] == y[seen_train != model.null_class])
+    assert torch.all(
+        seen_train[seen_train != model.null_class] == y[seen_train != model.null_class]
+    )
     assert torch.equal(_labels_seen(model.eval(), y), y)
 
 
@@ -124,7 +134,11 @@ def test_attention_at_requested_resolutions():
         sizes.add(args[0].shape[-1])
         heads.add(module.heads)
 
-    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in model.modules() if isinstance(m, Attention)]
+    handles = [
+        m.register_forward_pre_hook(hook, with_kwargs=True)
+        for m in model.modules()
+        if isinstance(m, Attention)
+    ]
     x, t, y = _inputs(1, 4, 16)
     with torch.no_grad():
         model(x, t, y)
@@ -152,9 +166,13 @@ def test_sizes_ordered_and_registry_matches_yaml():
         registry = {k: v for k, v in MODELS[size].items()}
         from_yaml = {k: cfg[k] for k in registry}
         assert {k: list(v) if isinstance(v, tuple) else v for k, v in registry.items()} == from_yaml
-        assert all(cfg[k] is None for k in ("in_channels", "num_classes", "sample_size", "learn_sigma"))
+        assert all(
+            cfg[k] is None for k in ("in_channels", "num_classes", "sample_size", "learn_sigma")
+        )
         with torch.device("meta"):  # no memory for the 300M base model
-            model = instantiate(cfg, in_channels=4, num_classes=8, sample_size=sample_size, learn_sigma=True)
+            model = instantiate(
+                cfg, in_channels=4, num_classes=8, sample_size=sample_size, learn_sigma=True
+            )
         counts[size] = model.num_params
     assert counts["tiny"] < counts["small"] < counts["dit_s"] < counts["base"]
     assert counts["tiny"] < 1_500_000 and 2_000_000 < counts["small"] < 20_000_000
@@ -189,9 +207,12 @@ def test_channels_last_matches_default_layout():
 
 
 def test_training_step_reduces_loss():
-    """The zero-initialised model is trainable: a few AdamW steps lower the MSE to a fixed target."""
+    """The zero-initialised model is trainable: a few AdamW steps lower the MSE to a fixed
+    target."""
     torch.manual_seed(0)
-    model = ADMUNet(in_channels=4, num_classes=5, sample_size=8, learn_sigma=False, p_uncond=0.0, **MICRO)
+    model = ADMUNet(
+        in_channels=4, num_classes=5, sample_size=8, learn_sigma=False, p_uncond=0.0, **MICRO
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, t, y = _inputs(4, 4, 8)
     target = torch.randn_like(x)
@@ -213,7 +234,9 @@ DIT_MINI = dict(arch="dit", hidden_size=64, depth=2, head_dim=32, patch_size=2)
 
 
 def test_dit_shape_zero_init_and_conditioning():
-    model = build_denoiser(in_channels=4, num_classes=5, sample_size=16, learn_sigma=True, **DIT_MINI)
+    model = build_denoiser(
+        in_channels=4, num_classes=5, sample_size=16, learn_sigma=True, **DIT_MINI
+    )
     x, t, _ = _inputs(1, 4, 16)
     xs, ts = x.expand(3, -1, -1, -1), t.expand(3)
     ys = torch.tensor([0, 1, 5])  # 5 = null class
@@ -239,7 +262,10 @@ def test_dit_drops_labels_once_for_all_blocks():
     ).train()
     seen = []
     embedders = [b.norm1.emb.class_embedder for b in model.dit.transformer_blocks]
-    handles = [e.embedding_table.register_forward_hook(lambda m, i, o: seen.append(i[0])) for e in embedders]
+    handles = [
+        e.embedding_table.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+        for e in embedders
+    ]
     y = torch.randint(0, 5, (64,))
     x, t, _ = _inputs(64, 4, 16)
     with torch.no_grad():
@@ -252,12 +278,15 @@ def test_dit_drops_labels_once_for_all_blocks():
 
 
 def test_rebuild_from_denoiser_config_and_diffusers_export(tmp_path):
-    """An export = denoiser_config (JSON) + weights; the UNet also round-trips through save_pretrained."""
+    """An export = denoiser_config (JSON) + weights; the UNet also round-trips through
+    save_pretrained."""
     import json
 
     from diffusers import UNet2DModel
 
-    model = create_model("tiny", in_channels=4, num_classes=3, sample_size=16, learn_sigma=True).eval()
+    model = create_model(
+        "tiny", in_channels=4, num_classes=3, sample_size=16, learn_sigma=True
+    ).eval()
     _perturb(model)
     config = json.loads(json.dumps(model.denoiser_config))  # must be plain JSON
     rebuilt = build_denoiser(**config).eval()

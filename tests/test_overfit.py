@@ -43,7 +43,8 @@ def fixed_loss(module: LatentDiffusion, data: FixedLatents) -> float:
         t = torch.full((16,), t_val)
         noise = torch.randn(data.x.shape, generator=g)
         out = module.diffusion.training_losses(
-            lambda x_t, tt: module.denoiser(x_t, tt, data.y), data.x, t, noise=noise)
+            lambda x_t, tt: module.denoiser(x_t, tt, data.y), data.x, t, noise=noise
+        )
         losses.append(out["mse"].mean())
     module.train()
     return float(torch.stack(losses).mean())
@@ -55,13 +56,23 @@ def test_loss_falls_on_a_tiny_fixed_set():
     data = FixedLatents()
     denoiser = create_model("tiny", in_channels=4, num_classes=2, sample_size=8, learn_sigma=True)
     module = LatentDiffusion(
-        denoiser=denoiser, diffusion=create_diffusion(),
+        denoiser=denoiser,
+        diffusion=create_diffusion(),
         optimizer=functools.partial(torch.optim.AdamW, lr=2e-3),
-        class_names=["a", "b"], latent_shape=(4, 8, 8), vae=None, warmup_steps=10,
+        class_names=["a", "b"],
+        latent_shape=(4, 8, 8),
+        vae=None,
+        warmup_steps=10,
     )
     before = fixed_loss(module, data)
-    trainer = L.Trainer(accelerator="cpu", max_steps=150, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=150,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, DataLoader(data, batch_size=16, shuffle=True))
     after = fixed_loss(module, data)
     assert before == pytest.approx(1.0, abs=0.15)  # zero-initialised output: mse = E[eps^2]
@@ -74,13 +85,23 @@ def test_non_finite_losses_skip_steps_then_stop_the_run():
     data.x[:] = float("nan")  # every batch poisons the loss
     denoiser = create_model("tiny", in_channels=4, num_classes=2, sample_size=8, learn_sigma=True)
     module = LatentDiffusion(
-        denoiser=denoiser, diffusion=create_diffusion(),
+        denoiser=denoiser,
+        diffusion=create_diffusion(),
         optimizer=functools.partial(torch.optim.AdamW, lr=2e-3),
-        class_names=["a", "b"], latent_shape=(4, 8, 8), vae=None, max_bad_steps=2,
+        class_names=["a", "b"],
+        latent_shape=(4, 8, 8),
+        vae=None,
+        max_bad_steps=2,
     )
     before = {k: v.clone() for k, v in denoiser.state_dict().items()}
-    trainer = L.Trainer(accelerator="cpu", max_steps=10, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=10,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     with pytest.raises(FloatingPointError, match="non-finite losses in a row"):
         trainer.fit(module, DataLoader(data, batch_size=16))
     assert module.skipped_steps == 3  # two skipped, the third stops the run

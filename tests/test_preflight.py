@@ -37,21 +37,42 @@ def _refused(entry, tmp_path, *overrides, match):
 
 
 def test_defaults_of_every_entry_point_pass(tmp_path):
-    for entry, extra in [("train", ()), ("train_vae", ()), ("simulate", ()), ("sample", ("run=x",)),
-                         ("evaluate", ("generated=x",)), ("bench", ())]:
+    for entry, extra in [
+        ("train", ()),
+        ("train_vae", ()),
+        ("simulate", ()),
+        ("sample", ("run=x",)),
+        ("evaluate", ("generated=x",)),
+        ("bench", ()),
+    ]:
         preflight(entry, _cfg(entry, tmp_path, *extra))
 
 
 # ------------------------------------------------------------------ output folders
-@pytest.mark.parametrize("entry,key,extra", [("train_vae", "out_dir", ()), ("simulate", "out_dir", ()),
-                                             ("sample", "out_dir", ("run=x",)),
-                                             ("evaluate", "out_dir", ("generated=x",)), ("bench", "out_dir", ()),
-                                             ("train", "export_dir", ())])
+@pytest.mark.parametrize(
+    "entry,key,extra",
+    [
+        ("train_vae", "out_dir", ()),
+        ("simulate", "out_dir", ()),
+        ("sample", "out_dir", ("run=x",)),
+        ("evaluate", "out_dir", ("generated=x",)),
+        ("bench", "out_dir", ()),
+        ("train", "export_dir", ()),
+    ],
+)
 def test_an_out_dir_that_is_a_file_is_named(tmp_path, entry, key, extra):
     f = tmp_path / "a_file"
     f.write_text("mine")
-    _refused(entry, tmp_path, *extra, f"{key}={f}", match=rf"{key}=.*a_file is a file, not a folder")
-    _refused(entry, tmp_path, *extra, f"{key}={f}/sub", match=r"a_file is a file, so the folder cannot be created")
+    _refused(
+        entry, tmp_path, *extra, f"{key}={f}", match=rf"{key}=.*a_file is a file, not a folder"
+    )
+    _refused(
+        entry,
+        tmp_path,
+        *extra,
+        f"{key}={f}/sub",
+        match=r"a_file is a file, so the folder cannot be created",
+    )
     assert f.read_text() == "mine"
 
 
@@ -67,33 +88,46 @@ def test_a_foreign_folder_is_not_overwritten(tmp_path):
     theirs.mkdir()
     (theirs / "thesis.tex").write_text("x")
     for entry, extra in [("train_vae", ()), ("evaluate", ("generated=x",)), ("bench", ())]:
-        _refused(entry, tmp_path, *extra, f"out_dir={theirs}", match=r"not empty \(thesis.tex\).*not written by")
+        _refused(
+            entry,
+            tmp_path,
+            *extra,
+            f"out_dir={theirs}",
+            match=r"not empty \(thesis.tex\).*not written by",
+        )
     (theirs / "latent_stats.json").write_text("{}")  # an earlier VAE export: ours to replace
     preflight("train_vae", _cfg("train_vae", tmp_path, f"out_dir={theirs}"))
 
 
 # ------------------------------------------------------------------ numbers
-@pytest.mark.parametrize("entry,override,match", [
-    ("train", "data.batch_size=0", r"data.batch_size=0: must be an integer >= 1"),
-    ("train", "data.n_per_class=-3", r"data.n_per_class=-3"),
-    ("train", "data.num_workers=-1", r"data.num_workers=-1: must be an integer >= 0"),
-    ("train", "trainer.max_steps=0", r"trainer.max_steps=0"),
-    ("train", "optimizer.lr=nan", r"optimizer.lr=nan: must be a finite number > 0"),
-    ("train", "ema_decay=1.0", r"ema_decay=1.0: must be a number in \[0, 1\)"),
-    ("train", "trainer.val_check_interval=0", r"trainer.val_check_interval=0"),
-    ("train", "data.radar.prf_hz=-5", r"data.radar.prf_hz=-5"),
-    ("train", "data.batch_size=abc", r"data.batch_size='abc': must be an integer"),
-    ("train_vae", "vae.module.num_threads=0", r"vae.module.num_threads=0"),
-    ("simulate", "workers=-1", r"workers=-1: must be an integer >= 0"),
-    ("simulate", "n_per_class=0", r"n_per_class=0"),
-    ("sample", "threads=0", r"threads=0"),
-    ("sample", "guidance=inf", r"guidance=inf: must be a finite number"),
-    ("sample", "guidance=nan", r"guidance=nan"),
-    ("evaluate", "num_threads=-2", r"num_threads=-2"),
-    ("evaluate", "augmentation.fractions=[0.5,0]", r"augmentation.fractions=\[0.5, 0\]: must be a number in \(0, 1\] each"),
-    ("bench", "threads=0", r"threads=0"),
-    ("bench", "repeats=0", r"repeats=0"),
-])
+@pytest.mark.parametrize(
+    "entry,override,match",
+    [
+        ("train", "data.batch_size=0", r"data.batch_size=0: must be an integer >= 1"),
+        ("train", "data.n_per_class=-3", r"data.n_per_class=-3"),
+        ("train", "data.num_workers=-1", r"data.num_workers=-1: must be an integer >= 0"),
+        ("train", "trainer.max_steps=0", r"trainer.max_steps=0"),
+        ("train", "optimizer.lr=nan", r"optimizer.lr=nan: must be a finite number > 0"),
+        ("train", "ema_decay=1.0", r"ema_decay=1.0: must be a number in \[0, 1\)"),
+        ("train", "trainer.val_check_interval=0", r"trainer.val_check_interval=0"),
+        ("train", "data.radar.prf_hz=-5", r"data.radar.prf_hz=-5"),
+        ("train", "data.batch_size=abc", r"data.batch_size='abc': must be an integer"),
+        ("train_vae", "vae.module.num_threads=0", r"vae.module.num_threads=0"),
+        ("simulate", "workers=-1", r"workers=-1: must be an integer >= 0"),
+        ("simulate", "n_per_class=0", r"n_per_class=0"),
+        ("sample", "threads=0", r"threads=0"),
+        ("sample", "guidance=inf", r"guidance=inf: must be a finite number"),
+        ("sample", "guidance=nan", r"guidance=nan"),
+        ("evaluate", "num_threads=-2", r"num_threads=-2"),
+        (
+            "evaluate",
+            "augmentation.fractions=[0.5,0]",
+            r"augmentation.fractions=\[0.5, 0\]: must be a number in \(0, 1\] each",
+        ),
+        ("bench", "threads=0", r"threads=0"),
+        ("bench", "repeats=0", r"repeats=0"),
+    ],
+)
 def test_numbers_out_of_range_name_the_key(tmp_path, entry, override, match):
     extra = {"sample": ("run=x",), "evaluate": ("generated=x",)}.get(entry, ())
     _refused(entry, tmp_path, *extra, override, match=match)
@@ -108,28 +142,54 @@ def test_extreme_guidance_is_said(tmp_path, caplog):
 # ------------------------------------------------------------------ sizes the VAE and UNet take
 def test_sizes_the_vae_cannot_take_whichever_way_it_arrives(tmp_path):
     # trained first from the recipe (no vae.path): f8 = 3 halvings
-    _refused("train", tmp_path, "vae=f8", "data.image_size=36",
-             match=r"data.image_size=36 is not divisible by 8, .*vae=f8.*use data.image_size=32 or 40")
+    _refused(
+        "train",
+        tmp_path,
+        "vae=f8",
+        "data.image_size=36",
+        match=r"data.image_size=36 is not divisible by 8, .*vae=f8.*use data.image_size=32 or 40",
+    )
     _refused("train_vae", tmp_path, "data.image_size=66", match=r"not divisible by 4")
     # a folder given by vae.path: its config.json says how many down-samplings
     vae = tmp_path / "myvae"
     vae.mkdir()
     (vae / "config.json").write_text('{"block_out_channels": [32, 64, 128, 256]}')
-    _refused("train", tmp_path, "vae=pretrained", f"vae.path={vae}", "data.image_size=68",
-             match=r"by 8, the down-sampling factor of the VAE at vae.path=.*myvae")
+    _refused(
+        "train",
+        tmp_path,
+        "vae=pretrained",
+        f"vae.path={vae}",
+        "data.image_size=68",
+        match=r"by 8, the down-sampling factor of the VAE at vae.path=.*myvae",
+    )
     # a latent the UNet cannot halve: 72 / 4 = 18, model=small halves 4 times
     _refused("train", tmp_path, "data.image_size=72", match=r"18x18 latents.*model.channel_mult")
-    _refused("train", tmp_path, "data.image_size=0", match=r"data.image_size=0: must be an integer >= 8")
+    _refused(
+        "train", tmp_path, "data.image_size=0", match=r"data.image_size=0: must be an integer >= 8"
+    )
     preflight("train", _cfg("train", tmp_path, "vae=none", "model=tiny", "data.image_size=32"))
     _refused("bench", tmp_path, "image_size=30", match=r"image_size=30 is not divisible by 4")
 
 
 # ------------------------------------------------------------------ class lists and splits
-@pytest.mark.parametrize("entry,key", [("train", "data.classes"), ("simulate", "classes"), ("sample", "classes"),
-                                       ("evaluate", "real.classes")])
+@pytest.mark.parametrize(
+    "entry,key",
+    [
+        ("train", "data.classes"),
+        ("simulate", "classes"),
+        ("sample", "classes"),
+        ("evaluate", "real.classes"),
+    ],
+)
 def test_a_class_listed_twice_is_refused(tmp_path, entry, key):
     extra = {"sample": ("run=x",), "evaluate": ("generated=x",)}.get(entry, ())
-    _refused(entry, tmp_path, *extra, f"{key}=[walk,run,walk]", match=rf"{key}=.*walk listed more than once")
+    _refused(
+        entry,
+        tmp_path,
+        *extra,
+        f"{key}=[walk,run,walk]",
+        match=rf"{key}=.*walk listed more than once",
+    )
 
 
 def _folder(tmp_path: Path, counts: dict[str, int]) -> Path:
@@ -146,14 +206,37 @@ def test_split_feasibility(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         preflight("train", _cfg("train", tmp_path, "data=image_folder", f"data.root={root}"))
     assert "run (2 files: none in val/test)" in caplog.text and "walk" not in caplog.text
-    _refused("train", tmp_path, "data=image_folder", f"data.root={root}", "data.val_fraction=0",
-             match=r"val_fraction=0 and .*real has no val/ folder: the validation split would be empty")
-    _refused("train", tmp_path, "data=image_folder", f"data.root={root}", "data.val_fraction=0.6",
-             "data.test_fraction=0.5", match=r"leaves the training split empty")
+    _refused(
+        "train",
+        tmp_path,
+        "data=image_folder",
+        f"data.root={root}",
+        "data.val_fraction=0",
+        match=r"val_fraction=0 and .*real has no val/ folder: the validation split would be empty",
+    )
+    _refused(
+        "train",
+        tmp_path,
+        "data=image_folder",
+        f"data.root={root}",
+        "data.val_fraction=0.6",
+        "data.test_fraction=0.5",
+        match=r"leaves the training split empty",
+    )
     small = _folder(tmp_path / "s", {"walk": 2, "run": 2})
-    _refused("train", tmp_path, "data=image_folder", f"data.root={small}",
-             match=r"validation split would be empty: every class .* is too small")
-    _refused("train", tmp_path, "data.val_per_class=0", match=r"val_per_class=0 leaves the validation split empty")
+    _refused(
+        "train",
+        tmp_path,
+        "data=image_folder",
+        f"data.root={small}",
+        match=r"validation split would be empty: every class .* is too small",
+    )
+    _refused(
+        "train",
+        tmp_path,
+        "data.val_per_class=0",
+        match=r"val_per_class=0 leaves the validation split empty",
+    )
 
 
 # ------------------------------------------------------------------ wired into every CLI, first
@@ -163,13 +246,26 @@ def test_every_cli_checks_before_any_work(tmp_path):
     written (the processes run side by side: a check that came after the work would time out)."""
     f = tmp_path / "a_file"
     f.write_text("mine")
-    cases = {"train": ["data.image_size=72"], "train_vae": [f"out_dir={f}"], "simulate": [f"out_dir={f}"],
-             "sample": ["run=nowhere", "guidance=inf"], "evaluate": ["generated=x", f"out_dir={f}"],
-             "bench": ["threads=0"]}
+    cases = {
+        "train": ["data.image_size=72"],
+        "train_vae": [f"out_dir={f}"],
+        "simulate": [f"out_dir={f}"],
+        "sample": ["run=nowhere", "guidance=inf"],
+        "evaluate": ["generated=x", f"out_dir={f}"],
+        "bench": ["threads=0"],
+    }
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    procs = {e: subprocess.Popen([sys.executable, "-m", f"latent_diffusion.{e}", *o, f"paths.root_dir={tmp_path}"],
-                                 cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for e, o in cases.items()}
+    procs = {
+        e: subprocess.Popen(
+            [sys.executable, "-m", f"latent_diffusion.{e}", *o, f"paths.root_dir={tmp_path}"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for e, o in cases.items()
+    }
     for entry, proc in procs.items():
         out, err = proc.communicate(timeout=300)
         lines = [ln for ln in err.splitlines() if ln.startswith("error:")]

@@ -29,23 +29,42 @@ from latent_diffusion.lit.checkpoint_io import (
 from latent_diffusion.lit.safe_load import check_signature, load_checkpoint
 from latent_diffusion.utils.errors import UserError
 
-FAST = ("model=tiny", "debug=fast", "logger=csv", "data.batch_size=32", "~callbacks.sample_grid",
-        "trainer.max_steps=8")
-ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1",
-       "MKL_NUM_THREADS": "1"}
+FAST = (
+    "model=tiny",
+    "debug=fast",
+    "logger=csv",
+    "data.batch_size=32",
+    "~callbacks.sample_grid",
+    "trainer.max_steps=8",
+)
+ENV = {
+    **os.environ,
+    "WANDB_MODE": "offline",
+    "WANDB_SILENT": "true",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
 
 
 def _start_train(workdir: Path, *overrides: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "latent_diffusion.train", *FAST, *overrides],
-                            cwd=workdir, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "latent_diffusion.train", *FAST, *overrides],
+        cwd=workdir,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
     t0 = time.time()
     while not path.exists():
         if proc.poll() is not None:
-            raise AssertionError(f"training ended (rc {proc.returncode}) before {path} appeared:\n"
-                                 f"{proc.stdout.read()[-4000:]}")
+            raise AssertionError(
+                f"training ended (rc {proc.returncode}) before {path} appeared:\n"
+                f"{proc.stdout.read()[-4000:]}"
+            )
         assert time.time() - t0 < timeout, f"{path} never appeared"
         time.sleep(0.02)
 
@@ -60,9 +79,14 @@ def _assert_same_weights(a: dict, b: dict) -> None:
     differ = [k for k in sa if not torch.equal(sa[k], sb[k])]
     assert not differ, f"{len(differ)} of {len(sa)} tensors differ, e.g. {differ[:3]}"
     assert any(k.startswith("ema.") for k in sa)  # the EMA shadow is compared too
-    for sa_, sb_ in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values(),
-                        strict=True):
-        assert torch.equal(sa_["exp_avg"], sb_["exp_avg"]) and torch.equal(sa_["exp_avg_sq"], sb_["exp_avg_sq"])
+    for sa_, sb_ in zip(
+        a["optimizer_states"][0]["state"].values(),
+        b["optimizer_states"][0]["state"].values(),
+        strict=True,
+    ):
+        assert torch.equal(sa_["exp_avg"], sb_["exp_avg"]) and torch.equal(
+            sa_["exp_avg_sq"], sb_["exp_avg_sq"]
+        )
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +101,11 @@ def runs(workdir):
     killed.wait()
     out, _ = whole.communicate(timeout=900)
     assert whole.returncode == 0, out[-4000:]
-    return {"whole": workdir / "outputs" / "train" / "whole", "killed": workdir / "outputs" / "train" / "killed",
-            "killed_rc": killed.returncode}
+    return {
+        "whole": workdir / "outputs" / "train" / "whole",
+        "killed": workdir / "outputs" / "train" / "killed",
+        "killed_rc": killed.returncode,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +139,9 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_whole(tmp_pat
     """Real SIGKILL while AtomicCheckpointIO writes (a child saving 40 MB checkpoints in a loop,
     killed once its temporary file exists): the target is always a complete checkpoint."""
     target = tmp_path / "last.ckpt"
-    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.full((10,), -1.0)}, "global_step": -1}, target)
+    AtomicCheckpointIO().save_checkpoint(
+        {"state_dict": {"w": torch.full((10,), -1.0)}, "global_step": -1}, target
+    )
     script = textwrap.dedent(f"""
         import torch
         from latent_diffusion.lit.checkpoint_io import AtomicCheckpointIO
@@ -148,11 +177,20 @@ def test_sigterm_saves_last_ckpt_exits_143_and_resumes(whole_run, workdir):
     step = _ckpt(run)["global_step"]
     assert 2 <= step < 400
     assert not (run / "export").exists()
-    run_cli("train", *FAST, "run_name=preempted", f"trainer.max_steps={step + 2}", "ckpt_path=last",
-            cwd=workdir, env=ENV)
+    run_cli(
+        "train",
+        *FAST,
+        "run_name=preempted",
+        f"trainer.max_steps={step + 2}",
+        "ckpt_path=last",
+        cwd=workdir,
+        env=ENV,
+    )
     after = _ckpt(run)
     assert after["global_step"] == step + 2
-    assert {float(s["step"]) for s in after["optimizer_states"][0]["state"].values()} == {step + 2.0}
+    assert {float(s["step"]) for s in after["optimizer_states"][0]["state"].values()} == {
+        step + 2.0
+    }
     assert (run / "export" / "export.json").is_file()
 
 
@@ -190,8 +228,17 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
 def test_resume_refuses_a_checkpoint_of_another_model_config(whole_run, workdir):
     ckpt = whole_run / "checkpoints" / "last.ckpt"
     before = ckpt.read_bytes()
-    proc = run_cli("train", *FAST, "run_name=whole", "ckpt_path=last", "model.base_channels=64",
-                   "diffusion.timesteps=500", cwd=workdir, env=ENV, check=False)
+    proc = run_cli(
+        "train",
+        *FAST,
+        "run_name=whole",
+        "ckpt_path=last",
+        "model.base_channels=64",
+        "diffusion.timesteps=500",
+        cwd=workdir,
+        env=ENV,
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     msg = proc.stderr
     assert f"checkpoint {ckpt} was trained with a different config" in msg
@@ -201,18 +248,33 @@ def test_resume_refuses_a_checkpoint_of_another_model_config(whole_run, workdir)
 
 
 def test_signature_check_spells_out_class_list_and_latent_shape(tmp_path):
-    saved = {"class_names": ["walk", "run"], "latent_shape": [4, 16, 16], "model": {"base_channels": 32},
-             "diffusion": {"timesteps": 1000}, "vae_weights_hash": "aaaa"}
-    now = {**saved, "class_names": ["walk", "fall"], "latent_shape": [4, 32, 32], "vae_weights_hash": "bbbb"}
+    saved = {
+        "class_names": ["walk", "run"],
+        "latent_shape": [4, 16, 16],
+        "model": {"base_channels": 32},
+        "diffusion": {"timesteps": 1000},
+        "vae_weights_hash": "aaaa",
+    }
+    now = {
+        **saved,
+        "class_names": ["walk", "fall"],
+        "latent_shape": [4, 32, 32],
+        "vae_weights_hash": "bbbb",
+    }
     with pytest.raises(UserError) as err:
         check_signature({"run_signature": saved, "state_dict": {}}, now, tmp_path / "x.ckpt")
     msg = str(err.value)
     assert "class_names: ['walk', 'run'] (checkpoint) vs ['walk', 'fall'] (this run)" in msg
     assert "latent_shape: [4, 16, 16] (checkpoint) vs [4, 32, 32] (this run)" in msg
     assert "vae_weights_hash: 'aaaa' (checkpoint) vs 'bbbb' (this run)" in msg
-    check_signature({"run_signature": saved, "state_dict": {}}, dict(saved), tmp_path / "x.ckpt")  # same: fine
+    check_signature(
+        {"run_signature": saved, "state_dict": {}}, dict(saved), tmp_path / "x.ckpt"
+    )  # same: fine
     # a checkpoint from before signatures: its hparams still tell class list and latent shape
-    old = {"state_dict": {}, "hyper_parameters": {"class_names": ["walk"], "latent_shape": [4, 16, 16]}}
+    old = {
+        "state_dict": {},
+        "hyper_parameters": {"class_names": ["walk"], "latent_shape": [4, 16, 16]},
+    }
     with pytest.raises(UserError, match=r"class_names: \['walk'\] \(checkpoint\)"):
         check_signature(old, saved, tmp_path / "old.ckpt")
 
@@ -222,7 +284,9 @@ def test_truncated_and_missing_checkpoints_name_the_file(tmp_path):
     AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(1000)}}, good)
     cut = tmp_path / "cut.ckpt"
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(UserError, match=rf"{cut} is not a readable checkpoint \(truncated or corrupt"):
+    with pytest.raises(
+        UserError, match=rf"{cut} is not a readable checkpoint \(truncated or corrupt"
+    ):
         load_checkpoint(cut)
     with pytest.raises(UserError, match=rf"checkpoint {tmp_path / 'nope.ckpt'} does not exist"):
         load_checkpoint(tmp_path / "nope.ckpt")
@@ -235,11 +299,15 @@ def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
     import numpy as np
 
     torch.manual_seed(3), np.random.seed(3), random.seed(3)
-    AtomicCheckpointIO().save_checkpoint({"state_dict": {}, "rng_states": collect_rng_states()}, tmp_path / "r.ckpt")
+    AtomicCheckpointIO().save_checkpoint(
+        {"state_dict": {}, "rng_states": collect_rng_states()}, tmp_path / "r.ckpt"
+    )
     expect = (torch.rand(3), np.random.rand(3), random.random())
     set_rng_states(load_checkpoint(tmp_path / "r.ckpt")["rng_states"])
     got = (torch.rand(3), np.random.rand(3), random.random())
-    assert torch.equal(expect[0], got[0]) and np.array_equal(expect[1], got[1]) and expect[2] == got[2]
+    assert (
+        torch.equal(expect[0], got[0]) and np.array_equal(expect[1], got[1]) and expect[2] == got[2]
+    )
 
 
 # ------------------------------------------------------------------ non-finite losses
@@ -247,9 +315,19 @@ def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
 def test_cli_non_finite_losses_skip_then_stop_keeping_a_finite_checkpoint(whole_run, workdir):
     """A learning rate of 1e30 blows the weights up after one step; every later loss is NaN."""
     run = workdir / "outputs" / "train" / "nan"
-    proc = run_cli("train", *FAST, "run_name=nan", "optimizer.lr=1e30", "warmup_steps=1", "max_bad_steps=3",
-                   "trainer.gradient_clip_val=null", "trainer.val_check_interval=1", cwd=workdir, env=ENV,
-                   check=False)
+    proc = run_cli(
+        "train",
+        *FAST,
+        "run_name=nan",
+        "optimizer.lr=1e30",
+        "warmup_steps=1",
+        "max_bad_steps=3",
+        "trainer.gradient_clip_val=null",
+        "trainer.val_check_interval=1",
+        cwd=workdir,
+        env=ENV,
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "error: 4 non-finite losses in a row" in proc.stderr and "max_bad_steps=3" in proc.stderr
     rows = (run / "csv" / "metrics.csv").read_text().splitlines()
@@ -288,9 +366,15 @@ torch.save({"mean": out.mean.clone(), "std": out.std.clone()}, sys.argv[2])
 @pytest.mark.slow
 def test_two_processes_sharing_a_latent_cache_build_it_once(tmp_path):
     cache = tmp_path / "cache"
-    procs = [subprocess.Popen([sys.executable, "-c", _CACHE_SCRIPT, str(cache), str(tmp_path / f"out{i}.pt")],
-                              env={**ENV, "PYTHONUNBUFFERED": "1"}, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CACHE_SCRIPT, str(cache), str(tmp_path / f"out{i}.pt")],
+            env={**ENV, "PYTHONUNBUFFERED": "1"},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     logs = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
     assert sum("encoding the train split" in log for log in logs) == 1, logs  # built once
@@ -339,9 +423,17 @@ def test_sigusr2_saves_last_ckpt_then_hands_over_to_submitits_handler(tmp_path):
 
     old = signal.signal(signal.SIGUSR2, submitit_handler)
     try:
-        trainer = L.Trainer(max_steps=50, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                            callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=100),
-                                       ResumeState()], plugins=[AtomicCheckpointIO()])
+        trainer = L.Trainer(
+            max_steps=50,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[
+                ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=100),
+                ResumeState(),
+            ],
+            plugins=[AtomicCheckpointIO()],
+        )
         with pytest.raises(SIGTERMException):
             trainer.fit(Tiny())
         assert signal.getsignal(signal.SIGUSR2) is submitit_handler  # restored at teardown

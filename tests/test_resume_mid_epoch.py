@@ -28,12 +28,23 @@ from latent_diffusion.train import build, resolve_ckpt_path
 CONF = Path(__file__).resolve().parents[1] / "conf"
 STEPS = 7
 EPOCH = 5  # steps per epoch
-COMMON = ["model=tiny", "debug=fast", "logger=csv", "~callbacks.sample_grid", "~callbacks.weight_digest",
-          "data.batch_size=12", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
-          # a small VAE, trained once for the module (10 steps)
-          "vae.module.autoencoder.block_out_channels=[8,16,16]", "vae.module.autoencoder.norm_num_groups=8"]
-PATHS = {"dataloader": ["data.latents=online"],
-         "latents_on_device": ["data.latents=cached", "data.latents_on_device=true"]}
+COMMON = [
+    "model=tiny",
+    "debug=fast",
+    "logger=csv",
+    "~callbacks.sample_grid",
+    "~callbacks.weight_digest",
+    "data.batch_size=12",
+    "trainer.val_check_interval=2",
+    "trainer.enable_progress_bar=false",
+    # a small VAE, trained once for the module (10 steps)
+    "vae.module.autoencoder.block_out_channels=[8,16,16]",
+    "vae.module.autoencoder.norm_num_groups=8",
+]
+PATHS = {
+    "dataloader": ["data.latents=online"],
+    "latents_on_device": ["data.latents=cached", "data.latents_on_device=true"],
+}
 
 
 def _cfg(root: Path, run: str, overrides: list[str]):
@@ -63,9 +74,14 @@ def _assert_same(a: dict, b: dict) -> None:
     differ = [k for k in sa if not torch.equal(sa[k], sb[k])]
     assert not differ, f"{len(differ)} of {len(sa)} tensors differ, e.g. {differ[:3]}"
     assert any(k.startswith("ema.") for k in sa)
-    for x, y in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values(),
-                    strict=True):
-        assert torch.equal(x["exp_avg"], y["exp_avg"]) and torch.equal(x["exp_avg_sq"], y["exp_avg_sq"])
+    for x, y in zip(
+        a["optimizer_states"][0]["state"].values(),
+        b["optimizer_states"][0]["state"].values(),
+        strict=True,
+    ):
+        assert torch.equal(x["exp_avg"], y["exp_avg"]) and torch.equal(
+            x["exp_avg_sq"], y["exp_avg_sq"]
+        )
 
 
 def _position(ckpt: dict) -> dict:
@@ -96,13 +112,24 @@ def test_stop_at_a_mid_epoch_step_then_resume_is_bit_exact(root, whole_runs, pat
     part = _fit(root, f"{path}-part{stop}", stop, PATHS[path])
     assert part["global_step"] == stop
     assert _position(part) == {"epoch": stop // EPOCH, "index": (stop % EPOCH) * 12}, stop
-    _assert_same(_fit(root, f"{path}-part{stop}", STEPS, PATHS[path], resume=True), whole_runs[path])
+    _assert_same(
+        _fit(root, f"{path}-part{stop}", STEPS, PATHS[path], resume=True), whole_runs[path]
+    )
 
 
 def _train_args(root: Path, run: Path, steps: int, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "latent_diffusion.train", *COMMON, *PATHS["dataloader"], *extra,
-            f"trainer.max_steps={steps}", f"paths.root_dir={root}", f"hydra.run.dir={run}",
-            f"export_dir={run / 'export'}"]
+    return [
+        sys.executable,
+        "-m",
+        "latent_diffusion.train",
+        *COMMON,
+        *PATHS["dataloader"],
+        *extra,
+        f"trainer.max_steps={steps}",
+        f"paths.root_dir={root}",
+        f"hydra.run.dir={run}",
+        f"export_dir={run / 'export'}",
+    ]
 
 
 # the same intra-op thread count as the in-process run: a CPU conv sums in another order
@@ -113,8 +140,15 @@ ENV = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"WANDB_
 def _kill_then_resume(root: Path, run: Path, args: list[str], step: int) -> dict:
     """Start `train`, SIGKILL its whole process group (ddp_sim's spawned ranks too) once
     last.ckpt holds step >= `step`, resume with ckpt_path=last; -> the final last.ckpt."""
-    proc = subprocess.Popen(args, cwd=root, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        args,
+        cwd=root,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     last, t0 = run / "checkpoints" / "last.ckpt", time.time()
     while True:
         assert proc.poll() is None, proc.stdout.read()[-3000:]
@@ -125,7 +159,9 @@ def _kill_then_resume(root: Path, run: Path, args: list[str], step: int) -> dict
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     killed = load_checkpoint(last)
-    out = subprocess.run([*args, "ckpt_path=last"], cwd=root, env=ENV, capture_output=True, text=True)
+    out = subprocess.run(
+        [*args, "ckpt_path=last"], cwd=root, env=ENV, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "dataloader is not resumable" not in out.stdout + out.stderr
     return {"killed": killed, "final": load_checkpoint(last)}
@@ -134,7 +170,8 @@ def _kill_then_resume(root: Path, run: Path, args: list[str], step: int) -> dict
 @pytest.mark.slow
 def test_sigkill_at_a_random_step_then_ckpt_path_last_is_bit_exact(root, whole_runs):
     """The real thing: a `train` process killed (SIGKILL, no handler runs) once its checkpoint of
-    a random step exists, resumed by the CLI with ckpt_path=last, equals the in-process whole run."""
+    a random step exists, resumed by the CLI with ckpt_path=last, equals the in-process whole
+    run."""
     step = random.Random().randrange(1, STEPS)
     run = root / "outputs" / "killed"
     got = _kill_then_resume(root, run, _train_args(root, run, STEPS, []), step)
@@ -149,7 +186,9 @@ def test_sigkill_under_ddp_sim_mid_epoch_then_resume_is_bit_exact(root, whole_ru
     ends as an uninterrupted two-rank run does."""
     ddp, steps = ["trainer=ddp_sim", "data.batch_size=8"], 5
     whole = root / "outputs" / "ddp-whole"
-    out = subprocess.run(_train_args(root, whole, steps, ddp), cwd=root, env=ENV, capture_output=True, text=True)
+    out = subprocess.run(
+        _train_args(root, whole, steps, ddp), cwd=root, env=ENV, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     run = root / "outputs" / "ddp-killed"
     got = _kill_then_resume(root, run, _train_args(root, run, steps, ddp), 2)
@@ -172,8 +211,12 @@ def test_a_restored_position_continues_each_ranks_order(world):
     y = torch.arange(n)
 
     def loaders(rank):
-        dl = ResumableDataLoader(TensorDataset(y), batch_size=batch, drop_last=True,
-                                 sampler=ResumableSampler(range(n), rank=rank, world_size=world, seed=7))
+        dl = ResumableDataLoader(
+            TensorDataset(y),
+            batch_size=batch,
+            drop_last=True,
+            sampler=ResumableSampler(range(n), rank=rank, world_size=world, seed=7),
+        )
         dev = OnDeviceBatches({"y": y}, batch, drop_last=True, rank=rank, world_size=world, seed=7)
         return [(dl, lambda b: b[0]), (dev, lambda b: b["y"])]
 

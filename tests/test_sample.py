@@ -69,8 +69,9 @@ def test_bad_values_name_the_problem_before_any_work(overrides, needle, tmp_path
     # export.json alone, no weights: every value is checked before anything is loaded
     names = ["walk", "run", "jump", "fall", "sit_down", "stand_up", "pick_up", "box"]
     (tmp_path / "run" / "export").mkdir(parents=True)
-    (tmp_path / "run" / "export" / "export.json").write_text(json.dumps(
-        {"class_names": names, "diffusion": {"timesteps": 1000}, "model": {}}))
+    (tmp_path / "run" / "export" / "export.json").write_text(
+        json.dumps({"class_names": names, "diffusion": {"timesteps": 1000}, "model": {}})
+    )
     with pytest.raises(UserError) as err:
         sample_run(_cfg(tmp_path / "run", tmp_path / "out", *overrides))
     assert needle in str(err.value)
@@ -92,8 +93,16 @@ def sample_src(tmp_path_factory) -> Path:
     """A trained tiny run (4 steps: noise-like samples, real plumbing). Its own folder:
     tests/test_train.py asserts that *its* first run trains the VAE."""
     work = tmp_path_factory.mktemp("sample_work")
-    run_cli("train", "model=tiny", "debug=fast", "logger=csv", "run_name=sample_src",
-            "callbacks.sample_grid=null", cwd=work, env=ONE_THREAD)
+    run_cli(
+        "train",
+        "model=tiny",
+        "debug=fast",
+        "logger=csv",
+        "run_name=sample_src",
+        "callbacks.sample_grid=null",
+        cwd=work,
+        env=ONE_THREAD,
+    )
     return work / "outputs" / "train" / "sample_src"
 
 
@@ -101,8 +110,10 @@ def _cfg(run, out_dir, *overrides):
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="sample", overrides=[
-            f"run={run}", f"out_dir={out_dir}", "progress=false", *overrides])
+        return compose(
+            config_name="sample",
+            overrides=[f"run={run}", f"out_dir={out_dir}", "progress=false", *overrides],
+        )
 
 
 def _sample(run, out_dir, *overrides) -> dict:
@@ -110,8 +121,11 @@ def _sample(run, out_dir, *overrides) -> dict:
 
     out = sample_run(_cfg(run, out_dir, *overrides))
     with np.load(out / "samples.npz") as z:
-        return {"images": z["arr_0"], "labels": z["arr_1"],
-                "meta": json.loads((out / "metadata.json").read_text())}
+        return {
+            "images": z["arr_0"],
+            "labels": z["arr_1"],
+            "meta": json.loads((out / "metadata.json").read_text()),
+        }
 
 
 def _same_up_to_rounding(a: np.ndarray, b: np.ndarray) -> None:
@@ -127,7 +141,9 @@ BASE = ("sampler=ddim", "steps=4", "guidance=2.5", "seed=7")
 @pytest.fixture(scope="module")
 def batch8(sample_src, tmp_path_factory):
     out = tmp_path_factory.mktemp("b8") / "samples"
-    return out, _sample(sample_src, out, *BASE, "classes=[walk,fall]", "n_per_class=3", "batch_size=8")
+    return out, _sample(
+        sample_src, out, *BASE, "classes=[walk,fall]", "n_per_class=3", "batch_size=8"
+    )
 
 
 # ------------------------------------------------------------------ the outputs
@@ -144,9 +160,25 @@ def test_outputs_npz_pngs_grid_and_metadata(sample_src, batch8):
     assert meta["class_names"] == names and meta["classes"] == ["walk", "fall"]
     assert meta["counts"] == {"walk": 3, "fall": 3} and meta["n_images"] == 6
     assert meta["global_step"] == 4 and meta["export"] == str((sample_src / "export").resolve())
-    assert (meta["sampler"], meta["steps"], meta["guidance"], meta["eta"], meta["seed"]) == ("ddim", 4, 2.5, 0.0, 7)
-    assert meta["images_per_s"] > 0 and meta["timings_s"]["sample"] > 0 and "total" in meta["timings_s"]
-    assert sorted(p.name for p in out.iterdir()) == ["fall", "grid.png", "metadata.json", "samples.npz", "walk"]
+    assert (meta["sampler"], meta["steps"], meta["guidance"], meta["eta"], meta["seed"]) == (
+        "ddim",
+        4,
+        2.5,
+        0.0,
+        7,
+    )
+    assert (
+        meta["images_per_s"] > 0
+        and meta["timings_s"]["sample"] > 0
+        and "total" in meta["timings_s"]
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "fall",
+        "grid.png",
+        "metadata.json",
+        "samples.npz",
+        "walk",
+    ]
     # each PNG is the npz image, 8-bit grey, named <class>_<index:05d>
     for i, f in enumerate(meta["files"]):
         png = np.asarray(Image.open(out / f["file"]))
@@ -162,14 +194,20 @@ def test_outputs_npz_pngs_grid_and_metadata(sample_src, batch8):
 @pytest.mark.slow
 def test_same_images_whatever_the_batch_size_or_class_subset(sample_src, batch8, tmp_path):
     _, b8 = batch8
-    b3 = _sample(sample_src, tmp_path / "b3", *BASE, "classes=[walk,fall]", "n_per_class=3", "batch_size=3")
+    b3 = _sample(
+        sample_src, tmp_path / "b3", *BASE, "classes=[walk,fall]", "n_per_class=3", "batch_size=3"
+    )
     np.testing.assert_array_equal(b3["labels"], b8["labels"])
     _same_up_to_rounding(b3["images"], b8["images"])
     # fall alone, fewer per class: its images are fall's in the two-class run
-    fall = _sample(sample_src, tmp_path / "fall", *BASE, "classes=[fall]", "n_per_class=2", "batch_size=2")
+    fall = _sample(
+        sample_src, tmp_path / "fall", *BASE, "classes=[fall]", "n_per_class=2", "batch_size=2"
+    )
     _same_up_to_rounding(fall["images"], b8["images"][3:5])
     # and another seed gives other images
-    other = _sample(sample_src, tmp_path / "s8", *BASE[:3], "seed=8", "classes=[walk,fall]", "n_per_class=3")
+    other = _sample(
+        sample_src, tmp_path / "s8", *BASE[:3], "seed=8", "classes=[walk,fall]", "n_per_class=3"
+    )
     assert (other["images"].astype(int) - b8["images"]).__abs__().mean() > 1
 
 
@@ -190,20 +228,32 @@ def test_guidance_1_is_the_conditional_model_and_0_the_unconditional(sample_src,
             out = exp.denoiser(x, t, labels)
             if variance_labels is None:
                 return out
-            C = x.shape[1]  # prediction channels from `labels`, learned variance from `variance_labels`
+            C = x.shape[
+                1
+            ]  # prediction channels from `labels`, learned variance from `variance_labels`
             return torch.cat([out[:, :C], exp.denoiser(x, t, variance_labels)[:, C:]], dim=1)
 
         z = sample("ddpm", exp.diffusion, model, (2, *exp.latent_shape), steps=5, generators=gens)
         return to_uint8(exp.vae.decode(z))
 
     y = torch.tensor([run, run])
-    w1 = _sample(sample_src, tmp_path / "w1", "sampler=ddpm", "steps=5", "seed=3", "classes=[run]",
-                 "n_per_class=2", "guidance=1")
+    w1 = _sample(
+        sample_src,
+        tmp_path / "w1",
+        "sampler=ddpm",
+        "steps=5",
+        "seed=3",
+        "classes=[run]",
+        "n_per_class=2",
+        "guidance=1",
+    )
     np.testing.assert_array_equal(w1["images"], by_hand(y))  # the whole command, bit for bit
     # After 4 training steps the zero-initialised output layer hardly sees the label; give the
     # network a random output layer and a strong label embedding so that the branches differ.
     unet = exp.denoiser.unet
-    torch.nn.init.normal_(unet.conv_out.weight, std=0.05, generator=torch.Generator().manual_seed(0))
+    torch.nn.init.normal_(
+        unet.conv_out.weight, std=0.05, generator=torch.Generator().manual_seed(0)
+    )
     unet.class_embedding.weight.mul_(20)
     items = [(run, 0), (run, 1)]
     g0 = generate(exp, items, "ddpm", 5, 0.0, seed=3, batch_size=2)
@@ -211,7 +261,9 @@ def test_guidance_1_is_the_conditional_model_and_0_the_unconditional(sample_src,
     np.testing.assert_array_equal(g1, by_hand(y))
     # w = 0: pred = pred_uncond, the null class's prediction, with the learned variance of the
     # conditional branch (as guided-diffusion/DiT), up to the batched forward's rounding
-    _same_up_to_rounding(g0, by_hand(torch.full_like(y, exp.denoiser.null_class), variance_labels=y))
+    _same_up_to_rounding(
+        g0, by_hand(torch.full_like(y, exp.denoiser.null_class), variance_labels=y)
+    )
     assert np.abs(g0.astype(int) - g1).mean() > 2  # ... and the label does matter
 
 
@@ -225,10 +277,18 @@ def test_a_pixel_space_export_writes_the_clamped_sampler_output(sample_src):
     exp = load_export(sample_src, load_vae=False)
     got = generate(exp, [(2, 0), (2, 1)], "dpmpp", 3, 1.0, seed=0, batch_size=2)
     gens = generators_from_seeds([image_seed(0, 2, k) for k in range(2)])
-    z = sample("dpmpp", exp.diffusion, lambda x, t: exp.denoiser(x, t, torch.tensor([2, 2])),
-               (2, *exp.latent_shape), steps=3, generators=gens)
+    z = sample(
+        "dpmpp",
+        exp.diffusion,
+        lambda x, t: exp.denoiser(x, t, torch.tensor([2, 2])),
+        (2, *exp.latent_shape),
+        steps=3,
+        generators=gens,
+    )
     assert got.shape == (2, 16, 16, 4)
-    np.testing.assert_array_equal(got, ((z.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+    np.testing.assert_array_equal(
+        got, ((z.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    )
 
 
 @pytest.mark.slow
@@ -236,8 +296,14 @@ def test_image_folder_reads_the_output_back_with_its_classes(batch8, tmp_path):
     from latent_diffusion.data import build_source
 
     out, r = batch8
-    src = build_source("image_folder", root=out, image_size=64, cache_dir=tmp_path / "cache",
-                       val_fraction=0.0, test_fraction=0.0)
+    src = build_source(
+        "image_folder",
+        root=out,
+        image_size=64,
+        cache_dir=tmp_path / "cache",
+        val_fraction=0.0,
+        test_fraction=0.0,
+    )
     assert src.class_names == ["fall", "walk"]  # folders, sorted; the npz and json are ignored
     xs = {}
     for x, y in src.split("train"):
@@ -273,8 +339,15 @@ def test_cli_refuses_a_foreign_folder_with_exit_code_2(sample_src, tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
-    proc = run_cli("sample", f"run={sample_src}", f"out_dir={foreign}", "n_per_class=1", cwd=tmp_path,
-                   check=False, env=ONE_THREAD)
+    proc = run_cli(
+        "sample",
+        f"run={sample_src}",
+        f"out_dir={foreign}",
+        "n_per_class=1",
+        cwd=tmp_path,
+        check=False,
+        env=ONE_THREAD,
+    )
     assert proc.returncode == 2 and "was not written by sample" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert (foreign / "notes.txt").read_text() == "keep me"
@@ -287,14 +360,34 @@ def test_two_ranks_under_torchrun_write_the_same_images_as_one_process(sample_sr
     if torchrun is None:
         pytest.skip("torchrun not installed next to this python")
     # batch_size=1: every image is computed alone, so the bits cannot depend on the split
-    args = ("sampler=dpmpp", "steps=3", "guidance=2", "n_per_class=2", "classes=[jump,box,walk]",
-            "batch_size=1", "progress=false")
+    args = (
+        "sampler=dpmpp",
+        "steps=3",
+        "guidance=2",
+        "n_per_class=2",
+        "classes=[jump,box,walk]",
+        "batch_size=1",
+        "progress=false",
+    )
     one = _sample(sample_src, tmp_path / "one", *args)
     env = {**os.environ, **ONE_THREAD, "HYDRA_FULL_ERROR": "1"}
     proc = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "latent_diffusion.sample",
-         f"run={sample_src}", *args, f"out_dir={tmp_path / 'two'}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "latent_diffusion.sample",
+            f"run={sample_src}",
+            *args,
+            f"out_dir={tmp_path / 'two'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     with np.load(tmp_path / "two" / "samples.npz") as z:
         np.testing.assert_array_equal(z["arr_0"], one["images"])
@@ -313,19 +406,32 @@ out = pipe(["walk"] * 3 + ["fall"] * 3, num_inference_steps=4, guidance_scale=2.
            seed=7, output_type="pil", return_latents=True)
 np.save(sys.argv[2], np.stack([np.asarray(im) for im in out.images]))
 print(json.dumps({"mods": sorted(m for m in ("lightning", "hydra") if m in sys.modules),
-                  "modes": sorted({im.mode for im in out.images}), "latents": list(out.latents.shape)}))
+                  "modes": sorted({im.mode for im in out.images}),
+                  "latents": list(out.latents.shape)}))
 """
 
 
 @pytest.mark.slow
 def test_an_export_loads_as_a_pipeline_in_a_plain_session_and_gives_the_sample_images(
-        sample_src, batch8, tmp_path):
+    sample_src, batch8, tmp_path
+):
     """from_pretrained(run/export) in a fresh `python -c` (no Hydra, no Lightning imported)
     makes the very images `sample` wrote for the same (seed, class, index)."""
     _, r = batch8
     env = {**os.environ, **ONE_THREAD}
-    proc = subprocess.run([sys.executable, "-c", PLAIN_SESSION, str(sample_src / "export"),
-                           str(tmp_path / "imgs.npy")], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            PLAIN_SESSION,
+            str(sample_src / "export"),
+            str(tmp_path / "imgs.npy"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert info == {"mods": [], "modes": ["L"], "latents": [6, 4, 16, 16]}
@@ -346,10 +452,17 @@ def test_training_grid_quality_callback_and_sample_give_identical_images(sample_
     from latent_diffusion.pipeline import LatentDiffusionPipeline
 
     pipe = LatentDiffusionPipeline.from_pretrained(sample_src)
-    module = LatentDiffusion(pipe.denoiser.requires_grad_(True).train(), pipe.diffusion,
-                             optimizer=torch.optim.AdamW, class_names=pipe.class_names,
-                             latent_shape=pipe.latent_shape, vae=pipe.vae)  # EMA starts as these weights
-    torch.nn.init.normal_(module.denoiser.unet.conv_in.weight)  # training weights != EMA: the grid uses the EMA
+    module = LatentDiffusion(
+        pipe.denoiser.requires_grad_(True).train(),
+        pipe.diffusion,
+        optimizer=torch.optim.AdamW,
+        class_names=pipe.class_names,
+        latent_shape=pipe.latent_shape,
+        vae=pipe.vae,
+    )  # EMA starts as these weights
+    torch.nn.init.normal_(
+        module.denoiser.unet.conv_in.weight
+    )  # training weights != EMA: the grid uses the EMA
     settings = {"sampler": "dpmpp", "steps": 3, "guidance": 2.0, "seed": 5}
     n = 2
     grid_cb = SampleGrid(every_n_steps=1, n_per_class=n, out_dir=str(tmp_path / "grid"), **settings)
@@ -357,11 +470,23 @@ def test_training_grid_quality_callback_and_sample_give_identical_images(sample_
     assert module.denoiser.training  # mode restored after sampling
     grid = np.asarray(Image.open(tmp_path / "grid" / "step_0000001.png"))
     h = w = 64
-    cells = np.stack([grid[2 + r * (h + 2):2 + r * (h + 2) + h, 66 + k * (w + 2):66 + k * (w + 2) + w]
-                      for r in range(len(pipe.class_names)) for k in range(n)])  # class_grid's layout
+    cells = np.stack(
+        [
+            grid[2 + r * (h + 2) : 2 + r * (h + 2) + h, 66 + k * (w + 2) : 66 + k * (w + 2) + w]
+            for r in range(len(pipe.class_names))
+            for k in range(n)
+        ]
+    )  # class_grid's layout
     scored = DomainMetrics(every_n_steps=1, n_per_class=n, **settings).sample_images(module)[..., 0]
-    s = _sample(sample_src, tmp_path / "s", "sampler=dpmpp", "steps=3", "guidance=2", "seed=5",
-                f"n_per_class={n}")
+    s = _sample(
+        sample_src,
+        tmp_path / "s",
+        "sampler=dpmpp",
+        "steps=3",
+        "guidance=2",
+        "seed=5",
+        f"n_per_class={n}",
+    )
     np.testing.assert_array_equal(cells, s["images"][..., 0])
     np.testing.assert_array_equal(scored, s["images"][..., 0])
     assert len(np.unique(scored)) > 20
@@ -382,7 +507,9 @@ def test_pipeline_arguments_names_generators_and_output_types(sample_src):
     by_index = pipe([2, 2], seed=1, indices=[0, 1], output_type="uint8", **kw).images
     np.testing.assert_array_equal(by_name, by_index)  # names and indices (jump = 2) are one thing
     gens = [torch.Generator().manual_seed(image_seed(1, 2, k)) for k in range(2)]
-    np.testing.assert_array_equal(pipe([2, 2], generator=gens, output_type="uint8", **kw).images, by_name)
+    np.testing.assert_array_equal(
+        pipe([2, 2], generator=gens, output_type="uint8", **kw).images, by_name
+    )
     pt = pipe([2], seed=1, output_type="pt", **kw).images
     assert pt.shape == (1, 1, 64, 64) and 0 <= float(pt.min()) and float(pt.max()) <= 1
     assert pipe([2], seed=1, output_type="latent", **kw).images.shape == (1, 4, 16, 16)
@@ -391,11 +518,15 @@ def test_pipeline_arguments_names_generators_and_output_types(sample_src):
 
     from latent_diffusion.metrics.suite import load_vae
 
-    assert load_vae(OmegaConf.create({"run": str(sample_src), "vae_path": None})).weights_hash == \
-        pipe.vae.weights_hash
-    for bad, needle in ((dict(class_labels=["swim"]), "class 'swim' is unknown"),
-                        (dict(class_labels=[8]), "class index 8 is out of range"),
-                        (dict(class_labels=[0], output_type="jpeg"), "output_type='jpeg'")):
+    assert (
+        load_vae(OmegaConf.create({"run": str(sample_src), "vae_path": None})).weights_hash
+        == pipe.vae.weights_hash
+    )
+    for bad, needle in (
+        (dict(class_labels=["swim"]), "class 'swim' is unknown"),
+        (dict(class_labels=[8]), "class index 8 is out of range"),
+        (dict(class_labels=[0], output_type="jpeg"), "output_type='jpeg'"),
+    ):
         with pytest.raises(UserError, match=needle):
             pipe(**{**kw, **bad})
 

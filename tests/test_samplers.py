@@ -59,7 +59,10 @@ def toy_model(d, s=S, calls=None):
         pred = {"eps": eps, "x0": x0, "v": a * eps - b * x0}[d.prediction]
         if not d.learn_sigma:
             return pred.float()
-        var = coef(sch.posterior_variance, t) + coef(sch.posterior_mean_coef1, t) ** 2 * s * s * b * b / den
+        var = (
+            coef(sch.posterior_variance, t)
+            + coef(sch.posterior_mean_coef1, t) ** 2 * s * s * b * b / den
+        )
         lo, hi = coef(sch.posterior_log_variance_clipped, t), coef(sch.log_betas, t)
         v = (2 * (var.log() - lo) / (hi - lo) - 1).clamp(-1, 1).expand_as(x)
         return torch.cat([pred, v], 1).float()
@@ -84,9 +87,18 @@ CASES = [
 
 @pytest.mark.parametrize("sampler,steps,prediction,learn_sigma,std_tol", CASES)
 def test_sampler_reproduces_gaussian_data(sampler, steps, prediction, learn_sigma, std_tol):
-    d = create_diffusion(prediction=prediction, learn_sigma=learn_sigma, loss="hybrid" if learn_sigma else "mse")
+    d = create_diffusion(
+        prediction=prediction, learn_sigma=learn_sigma, loss="hybrid" if learn_sigma else "mse"
+    )
     model = toy_model(d)
-    x = sample(sampler, d, lambda x_t, t: model(x_t, t), SHAPE, steps=steps, generators=torch.Generator().manual_seed(0))
+    x = sample(
+        sampler,
+        d,
+        lambda x_t, t: model(x_t, t),
+        SHAPE,
+        steps=steps,
+        generators=torch.Generator().manual_seed(0),
+    )
     assert x.dtype == torch.float32 and x.shape == SHAPE
     assert abs(x.mean().item() - MU) < 0.015
     assert abs(x.std().item() - S) < std_tol
@@ -110,7 +122,10 @@ def test_dpmpp_and_ddim_match_diffusers_on_the_toy():
         ours = sample("dpmpp", d, fn, SHAPE, steps=steps, generators=g())
         ref = _diffusers_loop(
             DPMSolverMultistepScheduler(
-                beta_schedule="linear", algorithm_type="dpmsolver++", solver_order=2, variance_type=None
+                beta_schedule="linear",
+                algorithm_type="dpmsolver++",
+                solver_order=2,
+                variance_type=None,
             ),
             model,
             steps,
@@ -118,7 +133,12 @@ def test_dpmpp_and_ddim_match_diffusers_on_the_toy():
         torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
     # guided-diffusion's "ddim50" = diffusers' DDIM with leading spacing and final alpha 1
     ours = sample("ddim", d, fn, SHAPE, steps="ddim50", generators=g())
-    ref = _diffusers_loop(DDIMScheduler(beta_schedule="linear", clip_sample=False, set_alpha_to_one=True), model, 50, eta=0.0)
+    ref = _diffusers_loop(
+        DDIMScheduler(beta_schedule="linear", clip_sample=False, set_alpha_to_one=True),
+        model,
+        50,
+        eta=0.0,
+    )
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
 
 
@@ -130,7 +150,11 @@ def test_respaced_ddpm_uses_the_learned_variance():
         return lambda x_t, t: torch.cat([model(x_t, t)[:, :4], torch.full_like(x_t, v)], 1)
 
     stds = {}
-    for name, fn in [("learned", lambda x_t, t: model(x_t, t)), ("small", with_v(-1.0)), ("large", with_v(1.0))]:
+    for name, fn in [
+        ("learned", lambda x_t, t: model(x_t, t)),
+        ("small", with_v(-1.0)),
+        ("large", with_v(1.0)),
+    ]:
         x = sample("ddpm", d, fn, SHAPE, steps=25, generators=torch.Generator().manual_seed(0))
         stds[name] = x.std().item()
     # 25 steps: beta_tilde (v=-1) and beta (v=+1) of the RESPACED chain bracket the truth
@@ -164,12 +188,22 @@ def test_guided_sampling_moves_samples_away_from_the_null_class():
     model = toy_model(d)
     y = torch.full((SHAPE[0],), 2)  # class mean MU + 0.6; "null" class 0 has mean MU
     for w, want in [(1.0, MU + 0.6), (2.0, MU + 1.2)]:
-        x = sample("dpmpp", d, cfg_model_fn(model, y, 0, w), SHAPE, steps=20, generators=torch.Generator().manual_seed(1))
+        x = sample(
+            "dpmpp",
+            d,
+            cfg_model_fn(model, y, 0, w),
+            SHAPE,
+            steps=20,
+            generators=torch.Generator().manual_seed(1),
+        )
         # for Gaussians, eps guidance with weight w moves the mean to mu_u + w (mu_c - mu_u)
         assert abs(x.mean().item() - want) < 0.03
 
 
-@pytest.mark.parametrize("sampler,kw", [("ddpm", dict(steps=20)), ("ddim", dict(steps=10, eta=1.0)), ("dpmpp", dict(steps=8))])
+@pytest.mark.parametrize(
+    "sampler,kw",
+    [("ddpm", dict(steps=20)), ("ddim", dict(steps=10, eta=1.0)), ("dpmpp", dict(steps=8))],
+)
 def test_per_image_generators_make_images_independent_of_batching(sampler, kw):
     d = create_diffusion()
     model = toy_model(d)
@@ -182,7 +216,9 @@ def test_per_image_generators_make_images_independent_of_batching(sampler, kw):
     assert not torch.equal(whole[0], whole[1])
     # image i's start noise is exactly its own generator's first draw
     z = draw_noise((2, 4, 4, 4), generators_from_seeds([5, 6]))
-    torch.testing.assert_close(z[1].float(), torch.randn(4, 4, 4, generator=torch.Generator().manual_seed(6)))
+    torch.testing.assert_close(
+        z[1].float(), torch.randn(4, 4, 4, generator=torch.Generator().manual_seed(6))
+    )
 
 
 def test_sampler_errors_name_the_fix():

@@ -97,7 +97,9 @@ def test_cadence_from_envelope_autocorrelation_matches_gait_cycle():
         lags = np.arange(ac.size) * dt
         ok = (lags > 0.3) & (lags < 1.2)
         k = np.flatnonzero(ok)[np.argmax(ac[ok])]
-        k = k + 0.5 * (ac[k - 1] - ac[k + 1]) / (ac[k - 1] - 2 * ac[k] + ac[k + 1])  # parabolic peak
+        k = k + 0.5 * (ac[k - 1] - ac[k + 1]) / (
+            ac[k - 1] - 2 * ac[k] + ac[k + 1]
+        )  # parabolic peak
         step = k * dt
         assert abs(step - p["cycle_s"] / 2) < 0.1 * p["cycle_s"] / 2, (i, step, p["cycle_s"])
         checked += 1
@@ -231,7 +233,13 @@ def test_classes_are_separable_by_a_simple_classifier():
 
 
 def test_source_splits_cache_and_errors(tmp_path, monkeypatch):
-    src = MicroDopplerSource(n_per_class=4, classes=["walk", "box"], cache_dir=tmp_path, val_per_class=2, test_per_class=3)
+    src = MicroDopplerSource(
+        n_per_class=4,
+        classes=["walk", "box"],
+        cache_dir=tmp_path,
+        val_per_class=2,
+        test_per_class=3,
+    )
     assert src.class_names == ["walk", "box"] and src.channels == 1 and src.image_size == 64
     train, val, test = (src.split(s) for s in ("train", "val", "test"))
     assert (len(train), len(val), len(test)) == (8, 4, 6)
@@ -251,7 +259,13 @@ def test_source_splits_cache_and_errors(tmp_path, monkeypatch):
         raise AssertionError("simulated again instead of reading the cache")
 
     monkeypatch.setattr(sim, "generate", boom)
-    again = MicroDopplerSource(n_per_class=4, classes=["walk", "box"], cache_dir=tmp_path, val_per_class=2, test_per_class=3)
+    again = MicroDopplerSource(
+        n_per_class=4,
+        classes=["walk", "box"],
+        cache_dir=tmp_path,
+        val_per_class=2,
+        test_per_class=3,
+    )
     assert torch.equal(again.split("train")[3][0], train[3][0])
     monkeypatch.undo()
 
@@ -265,13 +279,17 @@ def test_source_splits_cache_and_errors(tmp_path, monkeypatch):
         MicroDopplerSource(radar={"prf_hz": 200})
     with pytest.raises(UserError, match="window_s < duration_s"):
         MicroDopplerSource(radar={"window_s": 5})
-    assert RadarConfig.make({"v_max": None, "prf_hz": 2000}) == RadarConfig(prf_hz=2000.0)  # null = default
+    assert RadarConfig.make({"v_max": None, "prf_hz": 2000}) == RadarConfig(
+        prf_hz=2000.0
+    )  # null = default
 
 
 def test_build_source_by_name():
     from latent_diffusion.data.source import build_source
 
-    src = build_source("microdoppler", n_per_class=1, classes=["jump"], radar={"carrier_hz": 24e9, "prf_hz": 4000})
+    src = build_source(
+        "microdoppler", n_per_class=1, classes=["jump"], radar={"carrier_hz": 24e9, "prf_hz": 4000}
+    )
     x, y = src.split("test")[0]
     assert x.shape == (1, 64, 64) and y == 0 and len(src.split("test")) == 8
     assert src.fingerprint()["radar"]["carrier_hz"] == 24e9
@@ -279,8 +297,17 @@ def test_build_source_by_name():
 
 def _cli(*args, cwd):
     return subprocess.run(
-        [sys.executable, "-m", "latent_diffusion.simulate", *args, "hydra.run.dir=" + str(cwd / "hydra")],
-        cwd=REPO, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "latent_diffusion.simulate",
+            *args,
+            "hydra.run.dir=" + str(cwd / "hydra"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
 
 
@@ -308,7 +335,9 @@ def test_cli_writes_the_documented_layout(tmp_path):
 
     def cfg(out_dir):
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            return compose("simulate", [f"out_dir={out_dir}", "n_per_class=1", "classes=[fall]", "workers=0"])
+            return compose(
+                "simulate", [f"out_dir={out_dir}", "n_per_class=1", "classes=[fall]", "workers=0"]
+            )
 
     simulate(cfg(out))
     assert sorted(p.name for p in out.iterdir()) == ["fall", "metadata.json", "preview.png"]
@@ -331,7 +360,10 @@ def test_cli_bad_class_exits_2_with_a_clear_message(tmp_path):
 def test_cli_prints_config():
     r = subprocess.run(
         [sys.executable, "-m", "latent_diffusion.simulate", "--cfg", "job", "n_per_class=5"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 0, r.stderr
     assert "n_per_class: 5" in r.stdout and "image_size: 64" in r.stdout

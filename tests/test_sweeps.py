@@ -25,7 +25,9 @@ FAST = ("model=tiny", "debug=fast", "trainer.max_steps=2")  # one validation, on
 
 def _compose(*overrides, hydra_cfg=True):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides), return_hydra_config=hydra_cfg)
+        return compose(
+            config_name="train", overrides=list(overrides), return_hydra_config=hydra_cfg
+        )
 
 
 def _last_val_loss(job: Path) -> float:
@@ -39,8 +41,15 @@ def _last_val_loss(job: Path) -> float:
 
 @pytest.mark.slow
 def test_two_job_sweep_gives_each_job_its_own_dir_export_and_wandb_run(workdir):
-    run_cli("train", "-m", *FAST, "logger=[csv,wandb]", "run_name=lr_sweep",
-            "optimizer.lr=1e-3,3e-3", cwd=workdir)
+    run_cli(
+        "train",
+        "-m",
+        *FAST,
+        "logger=[csv,wandb]",
+        "run_name=lr_sweep",
+        "optimizer.lr=1e-3,3e-3",
+        cwd=workdir,
+    )
     sweep = workdir / "outputs" / "train" / "multirun" / "lr_sweep"
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     # one folder per job, <job number>_<its overrides>, although run_name is fixed
@@ -69,8 +78,17 @@ def test_optuna_study_minimises_the_returned_validation_loss(workdir):
     import optuna
 
     db = f"sqlite:///{workdir / 'optuna.db'}"
-    run_cli("train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *FAST,
-            "logger=csv", "run_name=opt", f"hydra.sweeper.storage={db}", cwd=workdir)
+    run_cli(
+        "train",
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        *FAST,
+        "logger=csv",
+        "run_name=opt",
+        f"hydra.sweeper.storage={db}",
+        cwd=workdir,
+    )
     sweep = workdir / "outputs" / "train" / "multirun" / "opt"
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert len(jobs) == 2
@@ -95,8 +113,14 @@ def test_slurm_launcher_resolves_ranks_from_the_trainer(tmp_path, monkeypatch):
     import submitit
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
-    cfg = _compose("hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4",
-                   "trainer.num_nodes=2", f"paths.root_dir={tmp_path}", "run_name=big")
+    cfg = _compose(
+        "hydra/launcher=slurm",
+        "trainer=ddp",
+        "trainer.devices=4",
+        "trainer.num_nodes=2",
+        f"paths.root_dir={tmp_path}",
+        "run_name=big",
+    )
     launcher_cfg = cfg.hydra.launcher
     assert launcher_cfg._target_.endswith("submitit_launcher.SlurmLauncher")
     assert launcher_cfg.tasks_per_node == cfg.trainer.devices == launcher_cfg.gpus_per_node == 4
@@ -111,13 +135,21 @@ def test_slurm_launcher_resolves_ranks_from_the_trainer(tmp_path, monkeypatch):
     (fake_bin / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
     params = dict(launcher.params)
-    executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),
-                                     slurm_max_num_timeout=params.pop("max_num_timeout"))
+    executor = submitit.AutoExecutor(
+        cluster="slurm",
+        folder=params.pop("submitit_folder"),
+        slurm_max_num_timeout=params.pop("max_num_timeout"),
+    )
     base = set(OmegaConf.structured(BaseQueueConf).keys())
     executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
     sbatch = executor._executor._make_submission_file_text("python -m latent_diffusion.train", "u")
-    for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--time=1440",
-                 f"--signal=USR2@{launcher_cfg.signal_delay_s}"):
+    for line in (
+        "--nodes=2",
+        "--ntasks-per-node=4",
+        "--gpus-per-node=4",
+        "--time=1440",
+        f"--signal=USR2@{launcher_cfg.signal_delay_s}",
+    ):
         assert f"#SBATCH {line}\n" in sbatch, line
     # submitit's logs sit inside the sweep folder, next to the jobs they belong to
     assert f"{tmp_path}/outputs/train/multirun/big/.submitit/" in sbatch
@@ -131,8 +163,14 @@ def test_trainer_keeps_lightnings_slurm_environment(monkeypatch):
 
     for key in ("ddp", "gpu", "cpu", "ddp_sim"):
         assert "plugins" not in _compose(f"trainer={key}", hydra_cfg=False).trainer
-    for k, v in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "7",
-                 "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}.items():
+    for k, v in {
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_NAME": "train",
+        "SLURM_JOB_ID": "7",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+    }.items():
         monkeypatch.setenv(k, v)
     cfg = _compose("trainer=cpu", hydra_cfg=False)
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
@@ -168,7 +206,9 @@ def test_optuna_search_space_and_direction():
     # every width suits the searched models: heads = width // head_dim at each attention level
     for model in ("tiny", "small"):
         m = _compose(f"model={model}", hydra_cfg=False).model
-        attn = [mult for i, mult in enumerate(m.channel_mult) if 16 // 2**i in m.attention_resolutions]
+        attn = [
+            mult for i, mult in enumerate(m.channel_mult) if 16 // 2**i in m.attention_resolutions
+        ]
         for w in width.choices:
             assert attn and all(w * mult % m.head_dim == 0 for mult in attn), (model, w)
 

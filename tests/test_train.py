@@ -40,7 +40,16 @@ def test_one_command_trains_the_vae_first_then_exports(first_run):
     vaes = list((run.parents[2] / ".cache" / "latent_diffusion" / "vae").glob("f4-*/config.json"))
     assert len(vaes) == 1
     exp = load_export(run)
-    assert exp.class_names == ["walk", "run", "jump", "fall", "sit_down", "stand_up", "pick_up", "box"]
+    assert exp.class_names == [
+        "walk",
+        "run",
+        "jump",
+        "fall",
+        "sit_down",
+        "stand_up",
+        "pick_up",
+        "box",
+    ]
     assert exp.latent_shape == (4, 16, 16)
     z = torch.randn(2, 4, 16, 16)
     out = exp.denoiser(z, torch.tensor([10, 500]), torch.tensor([0, 3]))
@@ -72,8 +81,9 @@ def test_resume_continues_step_optimizer_and_ema(first_run, workdir):
     run_cli("train", *FAST, "run_name=resume", "trainer.max_steps=2", cwd=workdir)
     run = workdir / "outputs" / "train" / "resume"
     before = _ckpt(run)
-    proc = run_cli("train", *FAST, "run_name=resume", "trainer.max_steps=4", "ckpt_path=last",
-                   cwd=workdir)
+    proc = run_cli(
+        "train", *FAST, "run_name=resume", "trainer.max_steps=4", "ckpt_path=last", cwd=workdir
+    )
     assert "resuming from" in proc.stdout + proc.stderr
     after = _ckpt(run)
     assert before["global_step"] == 2 and after["global_step"] == 4
@@ -124,9 +134,17 @@ def test_quality_callback_logs_cas_and_domain_fid_during_training(workdir):
     yet), then eval/cas and eval/fid_domain reach the logger at the checked steps."""
     import csv
 
-    run_cli("train", *FAST, "run_name=quality", "callbacks=quality", "callbacks.domain_metrics.every_n_steps=2",
-            "callbacks.domain_metrics.n_per_class=2", "callbacks.domain_metrics.steps=4",
-            "callbacks.domain_metrics.classifier.steps=10", cwd=workdir)
+    run_cli(
+        "train",
+        *FAST,
+        "run_name=quality",
+        "callbacks=quality",
+        "callbacks.domain_metrics.every_n_steps=2",
+        "callbacks.domain_metrics.n_per_class=2",
+        "callbacks.domain_metrics.steps=4",
+        "callbacks.domain_metrics.classifier.steps=10",
+        cwd=workdir,
+    )
     rows = []
     for f in (workdir / "outputs" / "train" / "quality").rglob("metrics.csv"):
         rows += list(csv.DictReader(f.open()))

@@ -44,7 +44,9 @@ def test_the_classifier_learns_class_and_noise_level():
 
     torch.manual_seed(0)
     d = create_diffusion()
-    clf = build_classifier(in_channels=4, num_classes=2, sample_size=8, **{**CLASSIFIERS["tiny"], "dropout": 0.0})
+    clf = build_classifier(
+        in_channels=4, num_classes=2, sample_size=8, **{**CLASSIFIERS["tiny"], "dropout": 0.0}
+    )
     opt = torch.optim.AdamW(clf.parameters(), lr=1e-3)
     probs = timestep_probs(d.num_timesteps, 2.0)  # weighted toward small t, as the option does
     means = torch.zeros(2, 4, 8, 8)
@@ -80,10 +82,27 @@ def runs(workdir):
     cls = workdir / "outputs" / "train_classifier" / "clf_tiny"
     paths = [f"paths.root_dir={workdir}"]
     if not (den / "export" / "export.json").is_file():
-        train(_compose("train", "model=tiny", "debug=fast", "logger=csv", "callbacks.sample_grid=null",
-                       f"paths.output_dir={den}", *paths))
-    metrics = train_classifier(_compose("train_classifier", "classifier_model=tiny", "debug=fast", f"denoiser_run={den}",
-                                        f"paths.output_dir={cls}", *paths))
+        train(
+            _compose(
+                "train",
+                "model=tiny",
+                "debug=fast",
+                "logger=csv",
+                "callbacks.sample_grid=null",
+                f"paths.output_dir={den}",
+                *paths,
+            )
+        )
+    metrics = train_classifier(
+        _compose(
+            "train_classifier",
+            "classifier_model=tiny",
+            "debug=fast",
+            f"denoiser_run={den}",
+            f"paths.output_dir={cls}",
+            *paths,
+        )
+    )
     return den, cls, metrics
 
 
@@ -96,7 +115,9 @@ def test_train_classifier_exports_what_sample_needs(runs):
     assert differences(meta, export) == []  # same classes, latent shape, VAE + stats, schedule
     buckets = [k for k in meta["validation"] if k.startswith("val/acc_t")]
     assert buckets == ["val/acc_t0-249", "val/acc_t250-499", "val/acc_t500-749", "val/acc_t750-999"]
-    assert all(0 <= meta["validation"][k] <= 1 for k in buckets) and math.isfinite(metrics["val/loss"])
+    assert all(0 <= meta["validation"][k] <= 1 for k in buckets) and math.isfinite(
+        metrics["val/loss"]
+    )
     assert meta["global_step"] == 4 and (cls / "checkpoints" / "last.ckpt").is_file()
     model, _ = load_classifier(cls)
     logits = model(torch.randn(2, *meta["latent_shape"]), torch.tensor([3, 900]))
@@ -107,8 +128,20 @@ def test_train_classifier_exports_what_sample_needs(runs):
 def _sample(den, out, *overrides):
     from latent_diffusion.sampling import sample_run
 
-    out = sample_run(_compose("sample", f"run={den}", f"out_dir={out}", "progress=false", "sampler=ddim",
-                              "steps=3", "n_per_class=1", "classes=[walk,fall]", "seed=4", *overrides))
+    out = sample_run(
+        _compose(
+            "sample",
+            f"run={den}",
+            f"out_dir={out}",
+            "progress=false",
+            "sampler=ddim",
+            "steps=3",
+            "n_per_class=1",
+            "classes=[walk,fall]",
+            "seed=4",
+            *overrides,
+        )
+    )
     with np.load(out / "samples.npz") as z:
         return z["arr_0"], json.loads((out / "metadata.json").read_text())
 
@@ -136,18 +169,26 @@ def test_a_classifier_for_another_model_is_refused_with_each_difference(runs, tm
     with pytest.raises(UserError) as err:
         _sample(den, tmp_path / "s", f"classifier={other}")
     msg = str(err.value)
-    for needle in ("classes", "latent shape [4, 32, 32]", "VAE weights 0000", "diffusion.schedule 'cosine'"):
+    for needle in (
+        "classes",
+        "latent shape [4, 32, 32]",
+        "VAE weights 0000",
+        "diffusion.schedule 'cosine'",
+    ):
         assert needle in msg, (needle, msg)
     assert not (tmp_path / "s").exists()  # refused before any sampling
 
 
-@pytest.mark.parametrize("overrides,needle", [
-    (("classifier_scale=-1",), "needs classifier=PATH"),
-    (("classifier={cls}", "classifier_scale=-1"), "classifier_scale=-1"),
-    (("classifier={cls}", "classifier_scale=nan"), "classifier_scale=nan"),
-    (("classifier={cls}", "classifier_scale=inf"), "classifier_scale=inf"),
-    (("classifier=/nonexistent",), "no classifier.json"),
-])
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (("classifier_scale=-1",), "needs classifier=PATH"),
+        (("classifier={cls}", "classifier_scale=-1"), "classifier_scale=-1"),
+        (("classifier={cls}", "classifier_scale=nan"), "classifier_scale=nan"),
+        (("classifier={cls}", "classifier_scale=inf"), "classifier_scale=inf"),
+        (("classifier=/nonexistent",), "no classifier.json"),
+    ],
+)
 def test_bad_classifier_arguments_name_the_fix(runs, tmp_path, overrides, needle):
     den, cls, _ = runs
     with pytest.raises(UserError, match=needle):

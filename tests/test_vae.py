@@ -32,16 +32,23 @@ def _random_images(n=64, c=1, size=64, seed=0):
     g = torch.Generator().manual_seed(seed)
     # smooth-ish blobs in [-1, 1]: enough structure for a random encoder's statistics
     x = torch.rand(n, c, size // 8, size // 8, generator=g)
-    return (torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear") * 2 - 1).clamp(-1, 1)
+    return (torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear") * 2 - 1).clamp(
+        -1, 1
+    )
 
 
 def _save_rgb_f8(folder: Path) -> AutoencoderKL:
     """A randomly initialised 3-channel f8 AutoencoderKL saved the diffusers way."""
     torch.manual_seed(0)
     model = AutoencoderKL(
-        in_channels=3, out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
     )
     model.save_pretrained(folder)
     return model
@@ -77,11 +84,13 @@ def test_per_channel_and_global_stats_standardise_the_latents():
     vae = FrozenVAE(model, None, data_channels=1, weights_hash="x")
     stats = vae.ensure_stats(_batches(x), None, per_channel=True, min_latents=96)
     assert stats.per_channel and len(stats.scale) == 4 and stats.n_latents >= 96
-    z = torch.cat([vae.encode(x[i:i + 32]) for i in range(0, 96, 32)])  # fresh posterior samples
+    z = torch.cat([vae.encode(x[i : i + 32]) for i in range(0, 96, 32)])  # fresh posterior samples
     std = z.transpose(0, 1).reshape(4, -1).std(dim=1)
     assert torch.allclose(std, torch.ones(4), atol=0.1), std
     # global option: one pair; the pooled latents have unit variance
-    g = FrozenVAE(model, None, 1, "x").ensure_stats(_batches(x), None, per_channel=False, min_latents=96)
+    g = FrozenVAE(model, None, 1, "x").ensure_stats(
+        _batches(x), None, per_channel=False, min_latents=96
+    )
     assert len(g.scale) == len(g.shift) == 1 and not g.per_channel
 
 
@@ -95,10 +104,17 @@ def test_pretrained_diffusers_vae_in_a_pipeline_folder(tmp_path):
     x = _random_images(48, c=1, seed=2)  # 1-channel spectrograms on a 3-channel VAE
     cache = tmp_path / "cache"
 
-    # First use: no latent_stats.json -> measured on the data, with a warning; cached, folder untouched.
+    # First use: no latent_stats.json -> measured on the data, with a warning; cached, folder
+    # untouched.
     with pytest.warns(LatentStatsWarning, match="no latent_stats.json"):
-        vae = FrozenVAE.load(pipe, 1, train_batches=_batches(x), data_fingerprint={"d": 1},
-                             min_latents=48, cache_dir=cache)
+        vae = FrozenVAE.load(
+            pipe,
+            1,
+            train_batches=_batches(x),
+            data_fingerprint={"d": 1},
+            min_latents=48,
+            cache_dir=cache,
+        )
     assert vae.path == pipe / "vae" and vae.downsample_factor == 8
     assert vae.weights_hash == file_hash(pipe / "vae" / "diffusion_pytorch_model.safetensors")
     assert vae.stats.source == "measured" and vae.stats.vae_hash == vae.weights_hash
@@ -111,8 +127,14 @@ def test_pretrained_diffusers_vae_in_a_pipeline_folder(tmp_path):
     # Second use: the cached stats are reused without measuring (no warning).
     with warnings.catch_warnings():
         warnings.simplefilter("error", LatentStatsWarning)
-        again = FrozenVAE.load(pipe / "vae", 1, train_batches=_batches(x), data_fingerprint={"d": 1},
-                               min_latents=48, cache_dir=cache)
+        again = FrozenVAE.load(
+            pipe / "vae",
+            1,
+            train_batches=_batches(x),
+            data_fingerprint={"d": 1},
+            min_latents=48,
+            cache_dir=cache,
+        )
     assert again.stats.scale == vae.stats.scale
 
     # No data to measure on: the config's scaling_factor, with a warning that says so.
@@ -131,8 +153,13 @@ def test_bad_vae_paths_name_the_path_and_the_fix(tmp_path):
     with pytest.raises(UserError, match=f"{empty}.*not a diffusers model folder"):
         FrozenVAE.load(empty)
     unet = tmp_path / "unet"
-    UNet2DModel(sample_size=8, block_out_channels=(8, 8), norm_num_groups=4,
-                down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2).save_pretrained(unet)
+    UNet2DModel(
+        sample_size=8,
+        block_out_channels=(8, 8),
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2,
+    ).save_pretrained(unet)
     with pytest.raises(UserError, match="UNet2DModel, not an AutoencoderKL"):
         FrozenVAE.load(unet)
     rgb = tmp_path / "rgb"
@@ -154,33 +181,62 @@ def trained_export(tmp_path_factory):
     """A small f4 VAE trained briefly by the real CLI on simulated spectrograms."""
     tmp = tmp_path_factory.mktemp("train_vae")
     overrides = [
-        "data.n_per_class=16", "data.val_per_class=8", "data.test_per_class=8",
-        f"data.cache_dir={tmp / 'sim'}", "data.batch_size=16",
-        "trainer.max_steps=100", "vae.val_check_interval=100", "trainer.enable_progress_bar=false",
-        "vae.module.autoencoder.block_out_channels=[8,16,32]", "vae.module.autoencoder.norm_num_groups=8",
-        "vae.min_stats_latents=256", "vae.module.warmup_steps=10", "vae.module.lr=4e-3",
-        "vae.module.num_threads=1", "vae.batch_size=16",
-        f"paths.runs_dir={tmp / 'runs'}", "run_name=t", f"out_dir={tmp / 'vae'}",
+        "data.n_per_class=16",
+        "data.val_per_class=8",
+        "data.test_per_class=8",
+        f"data.cache_dir={tmp / 'sim'}",
+        "data.batch_size=16",
+        "trainer.max_steps=100",
+        "vae.val_check_interval=100",
+        "trainer.enable_progress_bar=false",
+        "vae.module.autoencoder.block_out_channels=[8,16,32]",
+        "vae.module.autoencoder.norm_num_groups=8",
+        "vae.min_stats_latents=256",
+        "vae.module.warmup_steps=10",
+        "vae.module.lr=4e-3",
+        "vae.module.num_threads=1",
+        "vae.batch_size=16",
+        f"paths.runs_dir={tmp / 'runs'}",
+        "run_name=t",
+        f"out_dir={tmp / 'vae'}",
     ]
     proc = subprocess.run(
         [sys.executable, "-m", "latent_diffusion.train_vae", *overrides],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    dm = SpectrogramDataModule(source="microdoppler", n_per_class=16, val_per_class=8, test_per_class=8,
-                               cache_dir=str(tmp / "sim"))
+    dm = SpectrogramDataModule(
+        source="microdoppler",
+        n_per_class=16,
+        val_per_class=8,
+        test_per_class=8,
+        cache_dir=str(tmp / "sim"),
+    )
     return tmp / "vae", dm
 
 
 @pytest.mark.slow
 def test_train_vae_cli_writes_the_export(trained_export):
     out, dm = trained_export
-    for name in ("config.json", "diffusion_pytorch_model.safetensors", "latent_stats.json",
-                 "reconstructions.png", "metrics.json"):
+    for name in (
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+        "latent_stats.json",
+        "reconstructions.png",
+        "metrics.json",
+    ):
         assert (out / name).is_file(), name
     stats = load_latent_stats(out / "latent_stats.json")
     assert stats.vae_hash == file_hash(out / "diffusion_pytorch_model.safetensors")
-    assert stats.n_latents >= 256 and len(stats.scale) == 4 and stats.data_fingerprint["counts"]["train"] == 16
+    assert (
+        stats.n_latents >= 256
+        and len(stats.scale) == 4
+        and stats.data_fingerprint["counts"]["train"] == 16
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["training"]["steps"] == 100
     assert metrics["val"]["psnr_bicubic_baseline"] > 0
@@ -193,7 +249,9 @@ def test_trained_vae_round_trip_beats_the_mean_image(trained_export):
     train = torch.stack([x for x, _ in dm.dataset("train")])
     with warnings.catch_warnings():
         warnings.simplefilter("error", LatentStatsWarning)  # our export carries its stats
-        vae = FrozenVAE.load(out, 1, train_batches=_batches(train), data_fingerprint=dm.fingerprint())
+        vae = FrozenVAE.load(
+            out, 1, train_batches=_batches(train), data_fingerprint=dm.fingerprint()
+        )
     assert vae.stats.n_latents == load_latent_stats(out / "latent_stats.json").n_latents
     test = torch.stack([x for x, _ in dm.dataset("test")])  # held out: other seeds
     xr = vae.decode(vae.encode(test, sample=False))
@@ -219,8 +277,16 @@ def test_stats_of_other_weights_are_recomputed(trained_export, tmp_path):
     stale["scale"] = [123.0] * 4
     (copy / "latent_stats.json").write_text(json.dumps(stale))
     train = torch.stack([x for x, _ in dm.dataset("train")])
-    vae = FrozenVAE.load(copy, 1, train_batches=_batches(train), data_fingerprint=dm.fingerprint(),
-                         min_latents=128, cache_dir=tmp_path / "cache")
+    vae = FrozenVAE.load(
+        copy,
+        1,
+        train_batches=_batches(train),
+        data_fingerprint=dm.fingerprint(),
+        min_latents=128,
+        cache_dir=tmp_path / "cache",
+    )
     assert vae.stats.vae_hash == vae.weights_hash != "0" * 16
     assert all(abs(s - 123.0) > 1 for s in vae.stats.scale)
-    assert json.loads((copy / "latent_stats.json").read_text())["scale"] == [123.0] * 4  # user's file untouched
+    assert (
+        json.loads((copy / "latent_stats.json").read_text())["scale"] == [123.0] * 4
+    )  # user's file untouched

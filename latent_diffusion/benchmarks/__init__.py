@@ -2,7 +2,8 @@
 
 timing.py    warm-up, alternating repetitions, medians, peak memory
 setup.py     the VAE, denoisers (latent and the paired pixel UNet), module, batches
-training.py  train throughput (latent/pixel, cached/online, bf16), Lightning vs bare loop, batch scaling
+training.py  train throughput (latent/pixel, cached/online, bf16), Lightning vs bare loop,
+             batch scaling
 data.py      simulator, DataLoader vs training step, VAE encode/decode
 sampling.py  samplers with and without guidance, the cost of one guided forward
 gpu.py       GPU switches (CUDA only) and torch.profiler top items

@@ -19,9 +19,11 @@ from latent_diffusion.benchmarks.training import BareStep, cached_loader, steps_
 
 def run_gpu_switches(cfg, device, vae, pool) -> dict:
     if device.type != "cuda":
-        return {"skipped": f"device is {device.type}: the GPU switches (TF32, fused AdamW, compile, "
-                           "channels_last, pinned workers) are measured on a CUDA device only; "
-                           "bf16 autocast on this device is in the train part"}
+        return {
+            "skipped": f"device is {device.type}: the GPU switches (TF32, fused AdamW, compile, "
+            "channels_last, pinned workers) are measured on a CUDA device only; "
+            "bf16 autocast on this device is in the train part"
+        }
     x, y = pool
     B, steps, size = int(cfg.gpu.batch_size), int(cfg.train.steps), cfg.gpu.model
     shape = vae.latent_shape(x.shape[-1])
@@ -29,10 +31,14 @@ def run_gpu_switches(cfg, device, vae, pool) -> dict:
 
     def make(bf16=False, fused=False, channels_last=False, compile=False):
         den = setup.make_denoiser(size, shape, channels_last=channels_last)
-        return BareStep(setup.make_module(den, shape, vae, compile=compile, fused=fused), device, bf16=bf16)
+        return BareStep(
+            setup.make_module(den, shape, vae, compile=compile, fused=fused), device, bf16=bf16
+        )
 
     variants = {
-        "fp32": make(), "tf32": make(), "bf16": make(bf16=True),
+        "fp32": make(),
+        "tf32": make(),
+        "bf16": make(bf16=True),
         "bf16_channels_last": make(bf16=True, channels_last=True),
         "bf16_fused_adamw": make(bf16=True, fused=True),
     }
@@ -47,9 +53,12 @@ def run_gpu_switches(cfg, device, vae, pool) -> dict:
             torch.backends.cuda.matmul.allow_tf32 = name != "fp32"
             torch.backends.cudnn.allow_tf32 = name != "fp32"
             fn()
+
         return timed
 
-    res = alternate({k: run(k, s) for k, s in variants.items()}, cfg.repeats, max(2, cfg.warmup), device)
+    res = alternate(
+        {k: run(k, s) for k, s in variants.items()}, cfg.repeats, max(2, cfg.warmup), device
+    )
     torch.set_float32_matmul_precision(cfg.matmul_precision)
     for r in res.values():
         r["images_per_s"] = rate(r["median_s"], steps * B)
@@ -61,11 +70,16 @@ def run_gpu_switches(cfg, device, vae, pool) -> dict:
         def drain(loader=loader):
             for b in loader:
                 {k: v.to(device, non_blocking=True) for k, v in b.items()}
+
         loaders[f"loader_workers{workers}_pin{int(pin)}"] = drain
     lres = alternate(loaders, cfg.repeats, 1, device)
     return {
-        "gpu": torch.cuda.get_device_name(device), "model": size, "batch_size": B,
-        "steps_per_repeat": steps, "latents": "cached", "variants": res,
+        "gpu": torch.cuda.get_device_name(device),
+        "model": size,
+        "batch_size": B,
+        "steps_per_repeat": steps,
+        "latents": "cached",
+        "variants": res,
         "speedup_over_fp32": {k: ratio(r["images_per_s"], base) for k, r in res.items()},
         "loaders": lres,
     }
@@ -76,8 +90,15 @@ def _top(prof, device, n: int) -> list[dict]:
     events = prof.key_averages()
     total = sum(getattr(e, key) for e in events) or 1.0
     rows = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:n]
-    return [{"name": e.key, "self_ms": round(getattr(e, key) / 1000.0, 2),
-             "percent": round(100.0 * getattr(e, key) / total, 1), "calls": e.count} for e in rows]
+    return [
+        {
+            "name": e.key,
+            "self_ms": round(getattr(e, key) / 1000.0, 2),
+            "percent": round(100.0 * getattr(e, key) / total, 1),
+            "calls": e.count,
+        }
+        for e in rows
+    ]
 
 
 def run_profile(cfg, device, vae, pool) -> dict:
@@ -101,7 +122,16 @@ def run_profile(cfg, device, vae, pool) -> dict:
     n = int(cfg.sample.n_images)
     pipe = bench_pipeline(size, shape, device)
     with profile(activities=acts) as prof:
-        pipe([i % setup.NUM_CLASSES for i in range(n)], num_inference_steps=20, sampler="dpmpp",
-             guidance_scale=float(cfg.sample.guidance), batch_size=n, output_type="latent")
-    return {"model": size, "train_step": {"batch_size": B, "steps": int(cfg.profile.steps), "top": train_top},
-            "dpmpp20_guided": {"n_images": n, "top": _top(prof, device, int(cfg.profile.top))}}
+        pipe(
+            [i % setup.NUM_CLASSES for i in range(n)],
+            num_inference_steps=20,
+            sampler="dpmpp",
+            guidance_scale=float(cfg.sample.guidance),
+            batch_size=n,
+            output_type="latent",
+        )
+    return {
+        "model": size,
+        "train_step": {"batch_size": B, "steps": int(cfg.profile.steps), "top": train_top},
+        "dpmpp20_guided": {"n_images": n, "top": _top(prof, device, int(cfg.profile.top))},
+    }

@@ -6,16 +6,36 @@ import math
 
 # name -> (where in parts, comparison, target, meaning); issues 4 and 8 set the targets.
 TARGETS = {
-    "latent_over_pixel": ("train.models.{model}.ratios.latent_over_pixel", ">=", 16.0,
-                          "training images/s, latent 4x16x16 / pixel 64x64"),
-    "cached_over_online": ("train.models.{model}.ratios.cached_over_online", ">=", 2.0,
-                           "training images/s, cached / online latents"),
-    "lightning_over_bare": ("train.lightning.ratios.lightning_over_bare", ">=", 0.9,
-                            "training images/s, our Lightning step / bare PyTorch loop"),
-    "dpmpp20_over_ddpm1000": ("sample.ratios.dpmpp20_over_ddpm1000", ">=", 40.0,
-                              "sampling images/s, DPM-Solver++-20 / DDPM-1000"),
-    "guided_over_unguided_time": ("sample.ratios.guided_over_unguided_time[dpmpp-20]", "<=", 1.2,
-                                  "sampling time with / without guidance (DPM-Solver++-20)"),
+    "latent_over_pixel": (
+        "train.models.{model}.ratios.latent_over_pixel",
+        ">=",
+        16.0,
+        "training images/s, latent 4x16x16 / pixel 64x64",
+    ),
+    "cached_over_online": (
+        "train.models.{model}.ratios.cached_over_online",
+        ">=",
+        2.0,
+        "training images/s, cached / online latents",
+    ),
+    "lightning_over_bare": (
+        "train.lightning.ratios.lightning_over_bare",
+        ">=",
+        0.9,
+        "training images/s, our Lightning step / bare PyTorch loop",
+    ),
+    "dpmpp20_over_ddpm1000": (
+        "sample.ratios.dpmpp20_over_ddpm1000",
+        ">=",
+        40.0,
+        "sampling images/s, DPM-Solver++-20 / DDPM-1000",
+    ),
+    "guided_over_unguided_time": (
+        "sample.ratios.guided_over_unguided_time[dpmpp-20]",
+        "<=",
+        1.2,
+        "sampling time with / without guidance (DPM-Solver++-20)",
+    ),
 }
 
 
@@ -36,8 +56,13 @@ def summary(parts: dict, model: str) -> dict:
         if v is None:
             continue
         met = v >= target if op == ">=" else v <= target
-        out[name] = {"value": v, "target": f"{op} {target:g}", "met": bool(met), "from": path,
-                     "meaning": meaning}
+        out[name] = {
+            "value": v,
+            "target": f"{op} {target:g}",
+            "met": bool(met),
+            "from": path,
+            "meaning": meaning,
+        }
     return out
 
 
@@ -55,84 +80,152 @@ def _variants(title: str, variants: dict, unit: str, extra_cols=()) -> list[str]
     cols = ["variant", unit, "median s / repeat", "peak mem MB", *extra_cols]
     lines = [f"**{title}**", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for name, r in variants.items():
-        lines.append(f"| {name} | {_f(r.get(unit))} | {_f(r['median_s'], 3)} | {_f(r.get('peak_mem_mb'), 0)} |")
+        lines.append(
+            f"| {name} | {_f(r.get(unit))} | {_f(r['median_s'], 3)} | "
+            f"{_f(r.get('peak_mem_mb'), 0)} |"
+        )
     return lines + [""]
 
 
 def to_markdown(result: dict) -> str:
     meta, parts = result["meta"], result["parts"]
-    L = [f"# Benchmarks ({meta['device_name']})", "",
-         f"`{meta['command']}`", "",
-         f"torch {meta['torch']}, {meta['threads']} threads, load average before/after "
-         f"{meta['loadavg_before']} / {meta['loadavg_after']}, repeats={meta['repeats']}, "
-         f"warm-up={meta['warmup']}, {meta['wall_s']:.0f} s. Medians of alternating repetitions; "
-         "the ratios compare variants measured side by side in this one process.", ""]
+    L = [
+        f"# Benchmarks ({meta['device_name']})",
+        "",
+        f"`{meta['command']}`",
+        "",
+        f"torch {meta['torch']}, {meta['threads']} threads, load average before/after "
+        f"{meta['loadavg_before']} / {meta['loadavg_after']}, repeats={meta['repeats']}, "
+        f"warm-up={meta['warmup']}, {meta['wall_s']:.0f} s. Medians of alternating repetitions; "
+        "the ratios compare variants measured side by side in this one process.",
+        "",
+    ]
     if result.get("summary"):
-        L += ["## Targets", "", "| ratio | measured | target | met | what |", "|---|---|---|---|---|"]
+        L += [
+            "## Targets",
+            "",
+            "| ratio | measured | target | met | what |",
+            "|---|---|---|---|---|",
+        ]
         for k, s in result["summary"].items():
-            L.append(f"| {k} | {_f(s['value'])} | {s['target']} | {'yes' if s['met'] else 'NO'} | {s['meaning']} |")
+            L.append(
+                f"| {k} | {_f(s['value'])} | {s['target']} | {'yes' if s['met'] else 'NO'} | "
+                f"{s['meaning']} |"
+            )
         L.append("")
     if "train" in parts:
         t = parts["train"]
-        L += ["## Training throughput", "", f"batch {t['batch_size']}, {t['steps_per_repeat']} steps per "
-              "repeat, bare step (loss, backward, clip, AdamW, EMA; batches in memory)", ""]
+        L += [
+            "## Training throughput",
+            "",
+            f"batch {t['batch_size']}, {t['steps_per_repeat']} steps per "
+            "repeat, bare step (loss, backward, clip, AdamW, EMA; batches in memory)",
+            "",
+        ]
         for size, m in t["models"].items():
-            L += _variants(f"model={size}: latent {m['latent_shape']} ({m['latent_params_M']} M params, "
-                           f"channel_mult {m['latent_channel_mult']}) vs pixel {m['pixel_shape']} "
-                           f"({m['pixel_params_M']} M params, channel_mult {m['pixel_channel_mult']})",
-                           m["variants"], "images_per_s")
+            L += _variants(
+                f"model={size}: latent {m['latent_shape']} ({m['latent_params_M']} M params, "
+                f"channel_mult {m['latent_channel_mult']}) vs pixel {m['pixel_shape']} "
+                f"({m['pixel_params_M']} M params, channel_mult {m['pixel_channel_mult']})",
+                m["variants"],
+                "images_per_s",
+            )
             L += ["ratios: " + ", ".join(f"{k} = {_f(v)}" for k, v in m["ratios"].items()), ""]
         lt = t["lightning"]
-        L += _variants(f"Lightning Trainer vs bare loop (model={lt['model']}, batch {lt['batch_size']}, "
-                       f"{lt['steps_per_repeat']} steps after {lt['warm_steps']} warm steps, cached latents "
-                       "through a DataLoader)", lt["variants"], "images_per_s")
+        L += _variants(
+            f"Lightning Trainer vs bare loop (model={lt['model']}, batch {lt['batch_size']}, "
+            f"{lt['steps_per_repeat']} steps after {lt['warm_steps']} warm steps, cached latents "
+            "through a DataLoader)",
+            lt["variants"],
+            "images_per_s",
+        )
         L += [f"lightning_over_bare = {_f(lt['ratios']['lightning_over_bare'], 3)}", ""]
     if "batch" in parts:
         b = parts["batch"]
         L += ["## Batch-size scaling", ""]
-        L += _variants(f"model={b['model']}, cached latents, {b['steps_per_repeat']} steps per repeat",
-                       b["variants"], "images_per_s")
+        L += _variants(
+            f"model={b['model']}, cached latents, {b['steps_per_repeat']} steps per repeat",
+            b["variants"],
+            "images_per_s",
+        )
     if "data" in parts:
         d = parts["data"]
         L += ["## Data", ""]
-        L += _variants(f"simulator, one process, {d['simulator']['per_class']} per class x 8 classes",
-                       d["simulator"]["variants"], "spectrograms_per_min")
-        L += _variants(f"DataLoader vs training step (batch {d['loader']['batch_size']}, "
-                       f"{d['loader']['batches_per_repeat']} batches, workers={d['loader']['num_workers']}, "
-                       f"step model={d['loader']['step_model']})", d["loader"]["variants"], "batches_per_s")
+        L += _variants(
+            f"simulator, one process, {d['simulator']['per_class']} per class x 8 classes",
+            d["simulator"]["variants"],
+            "spectrograms_per_min",
+        )
+        L += _variants(
+            f"DataLoader vs training step (batch {d['loader']['batch_size']}, "
+            f"{d['loader']['batches_per_repeat']} batches, workers={d['loader']['num_workers']}, "
+            f"step model={d['loader']['step_model']})",
+            d["loader"]["variants"],
+            "batches_per_s",
+        )
         L += ["ratios: " + ", ".join(f"{k} = {_f(v, 4)}" for k, v in d["ratios"].items()), ""]
     if "vae" in parts:
         v = parts["vae"]
         L += ["## VAE", ""]
-        L += _variants(f"{v['vae']}, {v['params_M']} M params, batch {v['batch_size']}, latent {v['latent_shape']}",
-                       v["variants"], "images_per_s")
+        L += _variants(
+            f"{v['vae']}, {v['params_M']} M params, batch {v['batch_size']}, latent "
+            f"{v['latent_shape']}",
+            v["variants"],
+            "images_per_s",
+        )
     if "sample" in parts:
         s = parts["sample"]
         L += ["## Sampling", ""]
-        L += _variants(f"model={s['model']}, {s['n_images']} images, guidance w={s['guidance']} "
-                       "(one batched forward over [x; x])", s["variants"], "images_per_s")
+        L += _variants(
+            f"model={s['model']}, {s['n_images']} images, guidance w={s['guidance']} "
+            "(one batched forward over [x; x])",
+            s["variants"],
+            "images_per_s",
+        )
         L += ["ratios: " + ", ".join(f"{k} = {_f(v, 3)}" for k, v in s["ratios"].items()), ""]
         g = s["guidance_forward"]
-        L += _variants(f"one denoiser call, batch {g['batch']} ({g['calls_per_repeat']} calls per repeat)",
-                       g["variants"], "images_per_s")
-        L += ["ratios (time): " + ", ".join(f"{k} = {_f(v, 3)}" for k, v in g["ratios"].items()), ""]
+        L += _variants(
+            f"one denoiser call, batch {g['batch']} ({g['calls_per_repeat']} calls per repeat)",
+            g["variants"],
+            "images_per_s",
+        )
+        L += [
+            "ratios (time): " + ", ".join(f"{k} = {_f(v, 3)}" for k, v in g["ratios"].items()),
+            "",
+        ]
     if "gpu_switches" in parts:
         gs = parts["gpu_switches"]
         L += ["## GPU switches", ""]
         if "skipped" in gs:
             L += [gs["skipped"], ""]
         else:
-            L += _variants(f"{gs['gpu']}, model={gs['model']}, batch {gs['batch_size']}", gs["variants"],
-                           "images_per_s")
-            L += ["speed-up over fp32: " + ", ".join(f"{k} = {_f(v)}" for k, v in gs["speedup_over_fp32"].items()),
-                  ""]
+            L += _variants(
+                f"{gs['gpu']}, model={gs['model']}, batch {gs['batch_size']}",
+                gs["variants"],
+                "images_per_s",
+            )
+            L += [
+                "speed-up over fp32: "
+                + ", ".join(f"{k} = {_f(v)}" for k, v in gs["speedup_over_fp32"].items()),
+                "",
+            ]
             L += _variants("cached-latent DataLoader, one epoch", gs["loaders"], "images_per_s")
     if "profile" in parts:
         p = parts["profile"]
         L += ["## Profile", ""]
-        for key, title in (("train_step", "training step"), ("dpmpp20_guided", "DPM-Solver++-20, guided")):
-            L += [f"**{title}, model={p['model']}** (self time, top items)", "",
-                  "| op | self ms | % | calls |", "|---|---|---|---|"]
-            L += [f"| `{r['name']}` | {r['self_ms']} | {r['percent']} | {r['calls']} |" for r in p[key]["top"]]
+        for key, title in (
+            ("train_step", "training step"),
+            ("dpmpp20_guided", "DPM-Solver++-20, guided"),
+        ):
+            L += [
+                f"**{title}, model={p['model']}** (self time, top items)",
+                "",
+                "| op | self ms | % | calls |",
+                "|---|---|---|---|",
+            ]
+            L += [
+                f"| `{r['name']}` | {r['self_ms']} | {r['percent']} | {r['calls']} |"
+                for r in p[key]["top"]
+            ]
             L.append("")
     return "\n".join(L) + "\n"

@@ -24,7 +24,9 @@ PARTS = {
     "batch": training.run_batch_scaling,
     "data": data.run_data,
     "vae": data.run_vae,
-    "sample": lambda cfg, device, vae, pool: sampling.run_sample(cfg, device, vae, pool[0].shape[-1]),
+    "sample": lambda cfg, device, vae, pool: sampling.run_sample(
+        cfg, device, vae, pool[0].shape[-1]
+    ),
     "gpu_switches": gpu.run_gpu_switches,
     "profile": gpu.run_profile,
 }
@@ -34,7 +36,9 @@ assert tuple(PARTS) == PART_NAMES
 def check_parts(parts) -> None:
     unknown = [p for p in parts if p not in PART_NAMES]
     if unknown:
-        raise UserError(f"parts={list(parts)}: unknown part(s) {unknown}; choose from {list(PART_NAMES)}")
+        raise UserError(
+            f"parts={list(parts)}: unknown part(s) {unknown}; choose from {list(PART_NAMES)}"
+        )
 
 
 def run_bench(cfg: DictConfig, argv: list[str] | None = None) -> dict:
@@ -49,7 +53,9 @@ def run_bench(cfg: DictConfig, argv: list[str] | None = None) -> dict:
     torch.set_float32_matmul_precision(cfg.matmul_precision)
     t0, load0 = time.perf_counter(), loadavg()
     log.info("bench on %s, parts %s, load average %s", device, parts, load0)
-    vae = setup.make_vae(OmegaConf.to_container(cfg.vae_arch), cfg.vae_path, device, int(cfg.image_size))
+    vae = setup.make_vae(
+        OmegaConf.to_container(cfg.vae_arch), cfg.vae_path, device, int(cfg.image_size)
+    )
     pool = setup.simulated_pixels(int(cfg.pool_size), int(cfg.image_size), seed=0)
     results = {}
     for name in parts:
@@ -60,13 +66,19 @@ def run_bench(cfg: DictConfig, argv: list[str] | None = None) -> dict:
         log.info("part %s done in %.0f s", name, results[name]["part_wall_s"])
     result = {
         "meta": {
-            "command": "python -m latent_diffusion.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": "python -m latent_diffusion.bench "
+            + " ".join(argv if argv is not None else sys.argv[1:]),
             "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+            "device_name": torch.cuda.get_device_name(device)
+            if device.type == "cuda"
             else f"CPU: {platform.processor() or platform.machine()}",
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "loadavg_before": load0, "loadavg_after": loadavg(),
-            "repeats": int(cfg.repeats), "warmup": int(cfg.warmup), "quick": bool(cfg.quick),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "loadavg_before": load0,
+            "loadavg_after": loadavg(),
+            "repeats": int(cfg.repeats),
+            "warmup": int(cfg.warmup),
+            "quick": bool(cfg.quick),
             "wall_s": time.perf_counter() - t0,
             "config": OmegaConf.to_container(cfg, resolve=True),
         },

@@ -33,8 +33,14 @@ def run_sample(cfg, device, vae, image_size: int) -> dict:
 
     def sampler(name, steps, guidance):
         # latents only: the sampler and guidance are what this part times
-        return lambda: pipe(labels, num_inference_steps=steps, guidance_scale=guidance, sampler=name,
-                            batch_size=n, output_type="latent")
+        return lambda: pipe(
+            labels,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            sampler=name,
+            batch_size=n,
+            output_type="latent",
+        )
 
     variants = {}
     for spec in cfg.sample.samplers:
@@ -53,9 +59,15 @@ def run_sample(cfg, device, vae, image_size: int) -> dict:
         if k.endswith("-guided"):
             # time ratio guided / unguided = inverse of the images/s ratio
             ratios[f"guided_over_unguided_time[{k[:-7]}]"] = ratio(ips[k[:-7]], ips[k])
-    return {"model": size, "n_images": n, "guidance": w, "latent_shape": list(shape),
-            "variants": res, "ratios": ratios,
-            "guidance_forward": guidance_forward(cfg, device, pipe.denoiser, shape)}
+    return {
+        "model": size,
+        "n_images": n,
+        "guidance": w,
+        "latent_shape": list(shape),
+        "variants": res,
+        "ratios": ratios,
+        "guidance_forward": guidance_forward(cfg, device, pipe.denoiser, shape),
+    }
 
 
 def guidance_forward(cfg, device, model, shape) -> dict:
@@ -75,6 +87,7 @@ def guidance_forward(cfg, device, model, shape) -> dict:
             with torch.no_grad():
                 for _ in range(reps):
                     f()
+
         return run
 
     def two():
@@ -82,14 +95,23 @@ def guidance_forward(cfg, device, model, shape) -> dict:
         model(x, t, null)
 
     res = alternate(
-        {"unguided": calls(lambda: plain(x, t)), "guided_batched": calls(lambda: guided(x, t)),
-         "two_forwards": calls(two)},
+        {
+            "unguided": calls(lambda: plain(x, t)),
+            "guided_batched": calls(lambda: guided(x, t)),
+            "two_forwards": calls(two),
+        },
         # cheap calls: at least 3 rounds after a warm-up whatever `repeats` says
-        max(3, int(cfg.repeats)), max(1, int(cfg.warmup)), device,
+        max(3, int(cfg.repeats)),
+        max(1, int(cfg.warmup)),
+        device,
     )
     med = {k: r["median_s"] for k, r in res.items()}
     return {
-        "batch": n, "calls_per_repeat": reps, "variants": res,
-        "ratios": {"guided_over_unguided": ratio(med["guided_batched"], med["unguided"]),
-                   "guided_over_two_forwards": ratio(med["guided_batched"], med["two_forwards"])},
+        "batch": n,
+        "calls_per_repeat": reps,
+        "variants": res,
+        "ratios": {
+            "guided_over_unguided": ratio(med["guided_batched"], med["unguided"]),
+            "guided_over_two_forwards": ratio(med["guided_batched"], med["two_forwards"]),
+        },
     }

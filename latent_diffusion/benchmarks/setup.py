@@ -39,7 +39,9 @@ def make_vae(arch: dict, vae_path: str | None, device: torch.device, image_size:
         return FrozenVAE.load(Path(vae_path), data_channels=1, device=device)
     torch.manual_seed(0)
     model = build_autoencoder(in_channels=1, sample_size=image_size, **arch)
-    stats = fallback_stats(model.config.scaling_factor, None, int(model.config.latent_channels), "untrained")
+    stats = fallback_stats(
+        model.config.scaling_factor, None, int(model.config.latent_channels), "untrained"
+    )
     return FrozenVAE(model, stats, data_channels=1, weights_hash="untrained").to(device)
 
 
@@ -54,8 +56,14 @@ def make_denoiser(size: str, shape: tuple[int, int, int], channel_mult=None, cha
     if channels_last:
         extra["channels_last"] = True
     torch.manual_seed(0)
-    return create_model(size, in_channels=shape[0], num_classes=NUM_CLASSES, sample_size=shape[1],
-                        learn_sigma=True, **extra)
+    return create_model(
+        size,
+        in_channels=shape[0],
+        num_classes=NUM_CLASSES,
+        sample_size=shape[1],
+        learn_sigma=True,
+        **extra,
+    )
 
 
 def make_module(denoiser, latent_shape, vae=None, compile: bool = False, fused: bool = False):
@@ -67,13 +75,19 @@ def make_module(denoiser, latent_shape, vae=None, compile: bool = False, fused: 
         denoiser = torch.compile(denoiser)
     kw = {"fused": True} if fused else {}
     return LatentDiffusion(
-        denoiser=denoiser, diffusion=create_diffusion(),
+        denoiser=denoiser,
+        diffusion=create_diffusion(),
         optimizer=lambda params: torch.optim.AdamW(params, lr=2e-4, **kw),
-        class_names=list(CLASSES), latent_shape=latent_shape, vae=vae, warmup_steps=200,
+        class_names=list(CLASSES),
+        latent_shape=latent_shape,
+        vae=vae,
+        warmup_steps=200,
     )
 
 
-def simulated_pixels(n: int, image_size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def simulated_pixels(
+    n: int, image_size: int = 64, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """n simulator spectrograms (n, 1, H, W) in [-1, 1] and labels (n,), classes in turn."""
     per_class = max(1, math.ceil(n / NUM_CLASSES))
     pix, labels, _ = generate(list(CLASSES), per_class, "train", seed, image_size, RadarConfig(), 0)

@@ -21,6 +21,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
+
 def resolve_device(name: str) -> torch.device:
     """auto -> cuda if visible, else cpu; anything else is taken as given."""
     if name in (None, "auto"):
@@ -131,10 +132,15 @@ def alternate(
                 peaks[n] = m.mb
             else:
                 times[n].append(time_once(variants[n], device))
-        log.info("round %d/%d: %s", r + 1, repeats, ", ".join(f"{n} {times[n][-1]:.3f} s" for n in names))
+        log.info(
+            "round %d/%d: %s", r + 1, repeats, ", ".join(f"{n} {times[n][-1]:.3f} s" for n in names)
+        )
     return {
-        n: {"times_s": [round(t, 6) for t in times[n]], "median_s": statistics.median(times[n]),
-            "peak_mem_mb": None if peaks.get(n) is None else round(peaks[n], 1)}
+        n: {
+            "times_s": [round(t, 6) for t in times[n]],
+            "median_s": statistics.median(times[n]),
+            "peak_mem_mb": None if peaks.get(n) is None else round(peaks[n], 1),
+        }
         for n in names
     }
 

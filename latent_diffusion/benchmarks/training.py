@@ -54,6 +54,7 @@ def steps_fn(step: BareStep, batch: dict, n: int):
     def run():
         for _ in range(n):
             step(batch)
+
     return run
 
 
@@ -71,15 +72,26 @@ class _StepClock(L.Callback):
         self.ends.append(time.perf_counter())
 
 
-def lightning_steps(module, loader, device, steps: int, warm: int, precision: str = "32-true") -> float:
+def lightning_steps(
+    module, loader, device, steps: int, warm: int, precision: str = "32-true"
+) -> float:
     """Seconds for `steps` Lightning training steps after `warm` in-fit steps (so the
     Trainer's set-up, sanity checks and first-iteration costs are not counted)."""
     clock = _StepClock(device)
     trainer = L.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=precision,
-        max_steps=warm + steps, max_epochs=-1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        num_sanity_val_steps=0, gradient_clip_val=1.0, callbacks=[clock],
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        precision=precision,
+        max_steps=warm + steps,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        gradient_clip_val=1.0,
+        callbacks=[clock],
     )
     trainer.fit(module, train_dataloaders=loader)
     return clock.ends[-1] - clock.ends[warm - 1]
@@ -87,6 +99,7 @@ def lightning_steps(module, loader, device, steps: int, warm: int, precision: st
 
 def bare_loop_steps(step: BareStep, loader, steps: int, warm: int) -> float:
     """The same count of steps over the same DataLoader, timed the same way."""
+
     def batches():
         while True:  # epochs, as Lightning's max_epochs=-1 does
             yield from loader
@@ -109,8 +122,14 @@ def cached_loader(vae, x, y, batch_size: int, num_workers: int = 0, pin_memory: 
     with torch.no_grad():
         mean, std = vae.encode_posterior(x.to(vae.device))
     ds = PosteriorDataset(mean.cpu(), std.cpu(), y)
-    return DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True,
-                      num_workers=num_workers, pin_memory=pin_memory)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+    )
 
 
 # ------------------------------------------------------------------ the part
@@ -126,25 +145,44 @@ def run_train(cfg, device, vae, pool) -> dict:
     pix = setup.pixel_batch(x, y, B, device)
     cached = setup.cached_batch(vae, pix)
     for size in cfg.train.models:
-        mult = list(cfg.train.get("pixel_channel_mult") or setup.pixel_channel_mult(size, vae.downsample_factor))
-        latent = BareStep(setup.make_module(setup.make_denoiser(size, latent_shape), latent_shape, vae), device)
-        online = BareStep(setup.make_module(setup.make_denoiser(size, latent_shape), latent_shape, vae), device)
-        pixel = BareStep(setup.make_module(setup.make_denoiser(size, pixel_shape, mult), pixel_shape, None), device)
-        bf16 = BareStep(setup.make_module(setup.make_denoiser(size, latent_shape), latent_shape, vae), device,
-                        bf16=True)
+        mult = list(
+            cfg.train.get("pixel_channel_mult")
+            or setup.pixel_channel_mult(size, vae.downsample_factor)
+        )
+        latent = BareStep(
+            setup.make_module(setup.make_denoiser(size, latent_shape), latent_shape, vae), device
+        )
+        online = BareStep(
+            setup.make_module(setup.make_denoiser(size, latent_shape), latent_shape, vae), device
+        )
+        pixel = BareStep(
+            setup.make_module(setup.make_denoiser(size, pixel_shape, mult), pixel_shape, None),
+            device,
+        )
+        bf16 = BareStep(
+            setup.make_module(setup.make_denoiser(size, latent_shape), latent_shape, vae),
+            device,
+            bf16=True,
+        )
         res = alternate(
-            {"latent_cached": steps_fn(latent, cached, steps),
-             "latent_online": steps_fn(online, pix, steps),
-             "pixel": steps_fn(pixel, pix, steps),
-             "latent_cached_bf16": steps_fn(bf16, cached, steps)},
-            cfg.repeats, cfg.warmup, device,
+            {
+                "latent_cached": steps_fn(latent, cached, steps),
+                "latent_online": steps_fn(online, pix, steps),
+                "pixel": steps_fn(pixel, pix, steps),
+                "latent_cached_bf16": steps_fn(bf16, cached, steps),
+            },
+            cfg.repeats,
+            cfg.warmup,
+            device,
         )
         for r in res.values():
             r["images_per_s"] = rate(r["median_s"], steps * B)
         ips = {k: r["images_per_s"] for k, r in res.items()}
         out["models"][size] = {
-            "latent_shape": list(latent_shape), "pixel_shape": list(pixel_shape),
-            "latent_channel_mult": list(setup.MODELS[size]["channel_mult"]), "pixel_channel_mult": mult,
+            "latent_shape": list(latent_shape),
+            "pixel_shape": list(pixel_shape),
+            "latent_channel_mult": list(setup.MODELS[size]["channel_mult"]),
+            "pixel_channel_mult": mult,
             "latent_params_M": round(latent.module.plain_denoiser.num_params / 1e6, 3),
             "pixel_params_M": round(pixel.module.plain_denoiser.num_params / 1e6, 3),
             "variants": res,
@@ -169,17 +207,28 @@ def run_lightning_vs_bare(cfg, device, vae, pool) -> dict:
     lit = setup.make_module(setup.make_denoiser(size, shape), shape, vae)
     bare = BareStep(setup.make_module(setup.make_denoiser(size, shape), shape, vae), device)
     res = alternate(
-        {"lightning": lambda: lightning_steps(lit, loader, device, steps, warm),
-         "bare_loop": lambda: bare_loop_steps(bare, loader, steps, warm)},
-        cfg.repeats, 0, device,  # each call warms itself up (warm steps, not timed)
+        {
+            "lightning": lambda: lightning_steps(lit, loader, device, steps, warm),
+            "bare_loop": lambda: bare_loop_steps(bare, loader, steps, warm),
+        },
+        cfg.repeats,
+        0,
+        device,  # each call warms itself up (warm steps, not timed)
     )
     for r in res.values():
         r["images_per_s"] = rate(r["median_s"], steps * B)
     return {
-        "model": size, "batch_size": B, "steps_per_repeat": steps, "warm_steps": warm,
-        "latents": "cached", "variants": res,
-        "ratios": {"lightning_over_bare": ratio(res["lightning"]["images_per_s"],
-                                                res["bare_loop"]["images_per_s"])},
+        "model": size,
+        "batch_size": B,
+        "steps_per_repeat": steps,
+        "warm_steps": warm,
+        "latents": "cached",
+        "variants": res,
+        "ratios": {
+            "lightning_over_bare": ratio(
+                res["lightning"]["images_per_s"], res["bare_loop"]["images_per_s"]
+            )
+        },
     }
 
 

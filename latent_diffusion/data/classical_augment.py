@@ -22,7 +22,9 @@ from __future__ import annotations
 import torch
 
 
-def time_shift(x: torch.Tensor, max_fraction: float, g: torch.Generator | None = None) -> torch.Tensor:
+def time_shift(
+    x: torch.Tensor, max_fraction: float, g: torch.Generator | None = None
+) -> torch.Tensor:
     """Circular roll along time by up to +-max_fraction of the width (one offset per call)."""
     w = x.shape[-1]
     k = int(round(max_fraction * w))
@@ -45,17 +47,22 @@ def _shift_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return torch.where(valid.expand_as(x), out, floor)
 
 
-def frequency_shift(x: torch.Tensor, max_fraction: float, g: torch.Generator | None = None) -> torch.Tensor:
+def frequency_shift(
+    x: torch.Tensor, max_fraction: float, g: torch.Generator | None = None
+) -> torch.Tensor:
     """The whole image moves by up to +-max_fraction of the height along the Doppler axis."""
     h, w = x.shape[-2], x.shape[-1]
     k = int(round(max_fraction * h))
     if k <= 0:
         return x
-    return _shift_rows(x, torch.full((w,), int(torch.randint(-k, k + 1, (), generator=g)), dtype=torch.long))
+    return _shift_rows(
+        x, torch.full((w,), int(torch.randint(-k, k + 1, (), generator=g)), dtype=torch.long)
+    )
 
 
-def disturbance_rows(h: int, w: int, max_fraction: float, g: torch.Generator | None = None,
-                     knots: int = 6) -> torch.Tensor:
+def disturbance_rows(
+    h: int, w: int, max_fraction: float, g: torch.Generator | None = None, knots: int = 6
+) -> torch.Tensor:
     """(W,) row offsets, linear between `knots` random values in +-max_fraction * h."""
     vals = (torch.rand(knots, generator=g) * 2 - 1) * max_fraction * h  # (knots,)
     pos = torch.linspace(0, knots - 1, w)
@@ -63,7 +70,9 @@ def disturbance_rows(h: int, w: int, max_fraction: float, g: torch.Generator | N
     return torch.round(vals[lo] + (pos - lo) * (vals[lo + 1] - vals[lo])).long()  # (W,)
 
 
-def frequency_disturbance(x: torch.Tensor, max_fraction: float, g: torch.Generator | None = None) -> torch.Tensor:
+def frequency_disturbance(
+    x: torch.Tensor, max_fraction: float, g: torch.Generator | None = None
+) -> torch.Tensor:
     """Each column moves by a smooth random offset (at most +-max_fraction of the height): the
     instantaneous speed wanders, the time axis does not."""
     h, w = x.shape[-2], x.shape[-1]
@@ -72,8 +81,13 @@ def frequency_disturbance(x: torch.Tensor, max_fraction: float, g: torch.Generat
     return _shift_rows(x, disturbance_rows(h, w, max_fraction, g))
 
 
-def mixup(x: torch.Tensor, y: torch.Tensor, num_classes: int, alpha: float,
-          g: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def mixup(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    alpha: float,
+    g: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, C, H, W), (B,) -> blended images and soft targets (B, K) (Zhang et al. 2018)."""
     onehot = torch.nn.functional.one_hot(y, num_classes).float()
     if alpha <= 0 or len(y) < 2:
@@ -91,8 +105,13 @@ def _beta(alpha: float, g: torch.Generator | None) -> float:
     return float(np.random.default_rng(seed).beta(alpha, alpha))
 
 
-def apply_per_image(x: torch.Tensor, time: float = 0.0, doppler: float = 0.0, disturbance: float = 0.0,
-                    g: torch.Generator | None = None) -> torch.Tensor:
+def apply_per_image(
+    x: torch.Tensor,
+    time: float = 0.0,
+    doppler: float = 0.0,
+    disturbance: float = 0.0,
+    g: torch.Generator | None = None,
+) -> torch.Tensor:
     """The three RadarSpecAugment operations, independently drawn for one image (C, H, W) or for
     each image of a batch (B, C, H, W), in one gather per axis."""
     single = x.dim() == 3

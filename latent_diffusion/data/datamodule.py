@@ -88,15 +88,22 @@ class SpectrogramDataModule(L.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.latents = latents
         if latents_on_device not in (True, False, "auto"):
-            raise UserError(f"data.latents_on_device={latents_on_device!r}: use true, false or auto")
+            raise UserError(
+                f"data.latents_on_device={latents_on_device!r}: use true, false or auto"
+            )
         self.latents_on_device = latents_on_device
         self.augment = Augment(**(augment or {}))
         # a seeded stratified share of the training split (splits.fraction_subset): the
         # small-data setting of the augmentation study; val and test stay whole
         self.fraction, self.fraction_seed = float(fraction), int(fraction_seed)
         if not 0.0 < self.fraction <= 1.0:
-            raise UserError(f"data.fraction={fraction} must be in (0, 1]: the share of the training split to keep")
-        self.subset: dict | None = None  # what the training split was cut to (recorded in the export)
+            raise UserError(
+                f"data.fraction={fraction} must be in (0, 1]: the share of the training split to "
+                f"keep"
+            )
+        self.subset: dict | None = (
+            None  # what the training split was cut to (recorded in the export)
+        )
         self._source: SpectrogramSource | None = None
         self._splits: dict[str, Dataset] = {}
         self._latent_splits: dict[str, Dataset] = {}
@@ -151,13 +158,22 @@ class SpectrogramDataModule(L.LightningDataModule):
         idx = fraction_subset(labels, self.fraction, self.fraction_seed, self.class_names)
         ids = split_item_ids(ds)
         self.subset = {
-            "fraction": self.fraction, "seed": self.fraction_seed, "n": len(idx), "n_full": len(labels),
+            "fraction": self.fraction,
+            "seed": self.fraction_seed,
+            "n": len(idx),
+            "n_full": len(labels),
             "per_class": {c: int((labels[idx] == i).sum()) for i, c in enumerate(self.class_names)},
             "fingerprint": subset_fingerprint([ids[i] for i in idx]),
         }
         if self.fraction < 1.0:
-            log.info("data.fraction=%g data.fraction_seed=%d: training on %d of %d training items (%s)",
-                     self.fraction, self.fraction_seed, len(idx), len(labels), self.subset["fingerprint"])
+            log.info(
+                "data.fraction=%g data.fraction_seed=%d: training on %d of %d training items (%s)",
+                self.fraction,
+                self.fraction_seed,
+                len(idx),
+                len(labels),
+                self.subset["fingerprint"],
+            )
             return Subset(ds, idx.tolist())
         return ds
 
@@ -203,14 +219,23 @@ class SpectrogramDataModule(L.LightningDataModule):
         if self.latents_on_device == "auto" and not fits_on_device(nbytes, device):
             return None
         log.info("cached training latents on %s: %.1f MB, served by index", device, nbytes / 1e6)
-        batches = OnDeviceBatches(tensors, self.batch_size, shuffle=True, drop_last=drop_last,
-                                  rank=rank, world_size=world, seed=seed, device=device)
+        batches = OnDeviceBatches(
+            tensors,
+            self.batch_size,
+            shuffle=True,
+            drop_last=drop_last,
+            rank=rank,
+            world_size=world,
+            seed=seed,
+            device=device,
+        )
         self._track(batches.sampler)
         return batches
 
     # -- position inside the epoch (mid-epoch exact resume) ----------------------------
     def _track(self, sampler: ResumableSampler) -> None:
-        """The sampler's checkpointed position: finished training steps of this epoch x batch size."""
+        """The sampler's checkpointed position: finished training steps of this epoch x batch
+        size."""
 
         def progress() -> int:
             trainer = getattr(self, "trainer", None)
@@ -224,7 +249,9 @@ class SpectrogramDataModule(L.LightningDataModule):
         self.setup()
         if self.latents == "cached":
             if split not in self._latent_splits:
-                raise RuntimeError("data.latents=cached: call use_latent_cache(vae, ...) before fit")
+                raise RuntimeError(
+                    "data.latents=cached: call use_latent_cache(vae, ...) before fit"
+                )
             ds, collate = self._latent_splits[split], None
         else:
             ds = self._splits[split]

@@ -29,9 +29,17 @@ from latent_diffusion.data.resumable_sampler import ResumableSampler
 class OnDeviceBatches:
     """Iterable of {"mean", "std", "y"} batches indexed from tensors on one device."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, shuffle: bool = True,
-                 drop_last: bool = True, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        tensors: dict[str, torch.Tensor],
+        batch_size: int,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ):
         n = {len(t) for t in tensors.values()}
         if len(n) != 1:
             raise ValueError(f"tensors of different lengths: {sorted(n)}")
@@ -41,8 +49,9 @@ class OnDeviceBatches:
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.device = torch.device(device)
         # Lightning calls dataloader.sampler.set_epoch(epoch); the position lives there too
-        self.sampler = ResumableSampler(range(self.n), rank=rank, world_size=world_size, seed=seed,
-                                        shuffle=shuffle)
+        self.sampler = ResumableSampler(
+            range(self.n), rank=rank, world_size=world_size, seed=seed, shuffle=shuffle
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -66,7 +75,8 @@ class OnDeviceBatches:
         return m // self.batch_size if self.drop_last else math.ceil(m / self.batch_size)
 
     def order(self) -> torch.Tensor:
-        """This rank's indices for the coming epoch (the trained-on head skipped on resume), (m,) int64."""
+        """This rank's indices for the coming epoch (the trained-on head skipped on resume), (m,)
+        int64."""
         return torch.as_tensor(self.sampler.order(), dtype=torch.int64)
 
     def __iter__(self):
@@ -74,7 +84,7 @@ class OnDeviceBatches:
         b = self.batch_size
         usable = len(order) - len(order) % b if self.drop_last else len(order)
         for k in range(0, usable, b):
-            i = order[k:k + b]  # (B,) on the device
+            i = order[k : k + b]  # (B,) on the device
             yield {name: t.index_select(0, i) for name, t in self.tensors.items()}
 
 

@@ -166,7 +166,9 @@ def _leg_ik(hip, ankle, body):
     return phi_thigh, phi_shank
 
 
-def skeleton(body, pelvis, lean, thigh, shank, foot, upper_arm, forearm, pelvis_yaw=None, thorax_yaw=None):
+def skeleton(
+    body, pelvis, lean, thigh, shank, foot, upper_arm, forearm, pelvis_yaw=None, thorax_yaw=None
+):
     """Forward kinematics. pelvis (T, 3); lean (T,) trunk angle from the upward vertical;
     the limb angles are (2, T) arrays [left, right] of absolute sagittal angles (rad).
     Returns joint name -> (T, 3) positions in the body frame."""
@@ -215,8 +217,19 @@ def walk(t, p, body):
     k = np.clip((rv - 1.3) / 1.7, 0.0, 1.0)
     knots = {  # (phase, degrees)
         "hip": [(0.2 * k - 0.1, 25 + 5 * k), (0.5, -15), (0.9, 25 + 6 * k)],
-        "knee": [(0.17 - 0.05 * k, 3 + 22 * k), (0.4, 3), (0.75 - 0.05 * k, 70 - 5 * k), (0.97 - 0.03 * k, 3 + 3 * k)],
-        "ankle": [(0.0, -3 + 5 * k), (0.08, -18 + 4 * k), (0.5 - 0.1 * k, 8 - 3 * k), (ds, -20 - 8 * k), (0.85, -3 + 5 * k)],
+        "knee": [
+            (0.17 - 0.05 * k, 3 + 22 * k),
+            (0.4, 3),
+            (0.75 - 0.05 * k, 70 - 5 * k),
+            (0.97 - 0.03 * k, 3 + 3 * k),
+        ],
+        "ankle": [
+            (0.0, -3 + 5 * k),
+            (0.08, -18 + 4 * k),
+            (0.5 - 0.1 * k, 8 - 3 * k),
+            (ds, -20 - 8 * k),
+            (0.85, -3 + 5 * k),
+        ],
         "elbow": [(0.05, 14 - 6 * k), (0.51 + 0.04 * k, 44 + 26 * k), (0.9 - 0.1 * k, 17 - 6 * k)],
     }
     ash = 9.88 * rv  # shoulder flexion amplitude (deg)
@@ -233,7 +246,12 @@ def walk(t, p, body):
     fwd = -0.021 * np.sin(2 * np.pi * (2 * phase_r + 2 * (0.625 - ds)))
     pelvis = _pelvis(p["speed"] * t + ht * fwd, body.pelvis_height + ht * vert, ht * lat)
     torsion = -4 * rv * np.cos(2 * np.pi * phase_r) * deg  # pelvis rotation about the spine
-    thorax = periodic(phase_r, [(0.1, 4 / 3 * rv), (0.4, -1.5 * rv), (0.6, -4 / 3 * rv), (0.9, 1.5 * rv)]) * deg
+    thorax = (
+        periodic(
+            phase_r, [(0.1, 4 / 3 * rv), (0.4, -1.5 * rv), (0.6, -4 / 3 * rv), (0.9, 1.5 * rv)]
+        )
+        * deg
+    )
     lean = np.full_like(t, 3 * deg)
     return skeleton(body, pelvis, lean, thigh, shank, foot, upper, fore, torsion, thorax)
 
@@ -281,7 +299,9 @@ def sit_down(t, p, body):
     """Pelvis moves back and down onto a chair while the trunk leans forward then back."""
     deg = np.pi / 180
     s = ramp(t, p["onset"], p["duration"])
-    s_late = ramp(t, p["onset"] + 0.15 * p["duration"], 0.85 * p["duration"])  # sink after the lean starts
+    s_late = ramp(
+        t, p["onset"] + 0.15 * p["duration"], 0.85 * p["duration"]
+    )  # sink after the lean starts
     lean_bump = bump(t, p["onset"], 0.45 * p["duration"], 0.0, 0.55 * p["duration"])
     x = -p["back"] * s_late + _sway(t, p)
     z = body.pelvis_height - (body.pelvis_height - p["seat"]) * s_late
@@ -384,7 +404,9 @@ def jump(t, p, body):
         after = t >= edges[-1]
         x[after], ax[after] = x_base, x_base
         # arms: back during the crouch, swung forward-up through push-off and flight
-        arm += -40 * bump(t, t0, tc, 0, tp + tf / 2) + 90 * bump(t, t0 + tc, tp + tf / 2, 0, tf / 2 + tl + tr)
+        arm += -40 * bump(t, t0, tc, 0, tp + tf / 2) + 90 * bump(
+            t, t0 + tc, tp + tf / 2, 0, tf / 2 + tl + tr
+        )
         lean += 25 * bump(t, t0, tc, tp * 0.3, tp * 0.7) + 15 * bump(t, edges[3], tl * 0.5, 0, tr)
     pelvis = _pelvis(x, h + z)
     # A foot leaves and meets the floor over ~0.1 s, not instantly: smoothing the
@@ -392,7 +414,16 @@ def jump(t, p, body):
     ankle = _pelvis(_smooth(ax, t, 0.1), _smooth(az, t, 0.1))
     th, sh = _leg_ik(pelvis, ankle, body)
     upper = _both(arm * deg)
-    return skeleton(body, pelvis, lean * deg, _both(th), _both(sh), _both(sh + np.pi / 2), upper, upper + 20 * deg)
+    return skeleton(
+        body,
+        pelvis,
+        lean * deg,
+        _both(th),
+        _both(sh),
+        _both(sh + np.pi / 2),
+        upper,
+        upper + 20 * deg,
+    )
 
 
 def _smooth(x, t, width_s):
@@ -426,7 +457,18 @@ def boxing(t, p, body):
     ankle = _pelvis(np.zeros_like(t), np.full_like(t, body.ankle_height))
     th, sh = _leg_ik(pelvis, ankle, body)
     lean = np.full_like(t, 8 * deg)
-    return skeleton(body, pelvis, lean, _both(th), _both(sh), _both(sh + np.pi / 2), upper, fore, yaw * 0.5 * deg, yaw * deg)
+    return skeleton(
+        body,
+        pelvis,
+        lean,
+        _both(th),
+        _both(sh),
+        _both(sh + np.pi / 2),
+        upper,
+        fore,
+        yaw * 0.5 * deg,
+        yaw * deg,
+    )
 
 
 ACTIVITIES = {

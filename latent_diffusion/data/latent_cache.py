@@ -53,8 +53,9 @@ def encode_dataset(vae, dataset: Dataset, device=None, batch_size: int = 64):
     return torch.cat(means).contiguous(), torch.cat(stds).contiguous(), torch.cat(ys).long()
 
 
-def build_latent_cache(vae, dataset: Dataset, data_fingerprint: dict, split: str, cache_dir,
-                       device=None) -> PosteriorDataset:
+def build_latent_cache(
+    vae, dataset: Dataset, data_fingerprint: dict, split: str, cache_dir, device=None
+) -> PosteriorDataset:
     key = stable_hash({"vae": vae.weights_hash, "data": data_fingerprint, "split": split})
     path = Path(cache_dir) / f"{split}-{key}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,8 @@ SUB = 2  # scatterers per limb segment (head: 1)
 
 
 def scatterers(joints: dict[str, np.ndarray]):
-    """Segment pieces as ellipsoids: centres (K, T, 3), unit axes (K, T, 3), half-lengths (K, 1), radii (K, 1)."""
+    """Segment pieces as ellipsoids: centres (K, T, 3), unit axes (K, T, 3), half-lengths (K, 1),
+    radii (K, 1)."""
     centres, axes, half, radii = [], [], [], []
     for name, a, b, r in SEGMENTS:
         pa, pb = joints[a], joints[b]
@@ -48,7 +49,8 @@ def scatterers(joints: dict[str, np.ndarray]):
 
 
 def ellipsoid_rcs(los, axis, a, c):
-    """RCS (m^2) of a spheroid (semi-axes a, a, c) seen along unit vectors los (.., 3); Chen eq. 5.4."""
+    """RCS (m^2) of a spheroid (semi-axes a, a, c) seen along unit vectors los (.., 3); Chen eq.
+    5.4."""
     cos2 = np.clip(np.einsum("ktd,ktd->kt", los, axis) ** 2, 0.0, 1.0)
     sin2 = 1.0 - cos2
     return np.pi * a**4 * c**2 / (a**2 * sin2 + c**2 * cos2) ** 2
@@ -63,8 +65,14 @@ def upsample_cubic(x, factor):
     ~1e-3 rad; this makes the kinematics 8x cheaper."""
     r = np.arange(factor, dtype=x.dtype) / factor  # fractional positions in [0, 1) after tap 1
     # Lagrange weights for taps at -1, 0, 1, 2
-    w = np.stack([-r * (r - 1) * (r - 2) / 6, (r + 1) * (r - 1) * (r - 2) / 2,
-                  -(r + 1) * r * (r - 2) / 2, (r + 1) * r * (r - 1) / 6])  # (4, factor)
+    w = np.stack(
+        [
+            -r * (r - 1) * (r - 2) / 6,
+            (r + 1) * (r - 1) * (r - 2) / 2,
+            -(r + 1) * r * (r - 2) / 2,
+            (r + 1) * r * (r - 1) / 6,
+        ]
+    )  # (4, factor)
     m = x.shape[1] - 3
     # Per output phase r, four contiguous multiply-adds (no BLAS: a multi-threaded BLAS
     # on such thin products is slower, badly so on a busy machine).
@@ -84,7 +92,9 @@ def body_return(joints, pose, radar_pos, wavelength, factor=1):
     Joints are sampled every `factor` pulses (upsample_cubic: T_pulses = (T_kin - 3) * factor)."""
     centres, axes, half, radii = scatterers(joints)  # body frame
     rot, origin = pose
-    rel = np.einsum("ktd,de->kte", centres, rot) + (origin - radar_pos)  # (K, T_kin, 3) from the radar
+    rel = np.einsum("ktd,de->kte", centres, rot) + (
+        origin - radar_pos
+    )  # (K, T_kin, 3) from the radar
     axes = np.einsum("ktd,de->kte", axes, rot)
     rng_k = np.sqrt(np.einsum("ktd,ktd->kt", rel, rel))  # (K, T_kin) ranges R_k(t)
     los = rel / rng_k[..., None]
@@ -100,7 +110,9 @@ def body_return(joints, pose, radar_pos, wavelength, factor=1):
     k = rng_k.shape[0]
     phase = both[:k] * np.float32(4 * np.pi / wavelength)  # (K, T) exp(-j 4 pi R / lambda)
     amp = both[k:]
-    return np.einsum("kt,kt->t", amp, np.cos(phase)) - 1j * np.einsum("kt,kt->t", amp, np.sin(phase)), r0
+    return np.einsum("kt,kt->t", amp, np.cos(phase)) - 1j * np.einsum(
+        "kt,kt->t", amp, np.sin(phase)
+    ), r0
 
 
 def add_clutter_noise(body, p_body, snr_db, clutter_db, rng):
@@ -160,4 +172,6 @@ def spectrogram(s, prf_hz, window_s, wavelength, v_max, dynamic_range_db, size):
     bins, weights = _velocity_resampler(nfft, float(prf_hz), float(wavelength), float(v_max), size)
     img = np.einsum("whk,hk->hw", power[:, bins], weights)  # (H, W): sparse row integration
     db = 10 * np.log10(np.maximum(img, 1e-30) / max(img.max(), 1e-30))
-    return ((np.clip(db, -dynamic_range_db, 0.0) + dynamic_range_db) / dynamic_range_db).astype(np.float32)
+    return ((np.clip(db, -dynamic_range_db, 0.0) + dynamic_range_db) / dynamic_range_db).astype(
+        np.float32
+    )

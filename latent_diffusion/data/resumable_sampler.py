@@ -31,9 +31,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 class ResumableSampler(DistributedSampler):
     """DistributedSampler(shuffle, seed, drop_last=False) that can begin an epoch mid-way."""
 
-    def __init__(self, dataset, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True):
-        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
-                         drop_last=False)
+    def __init__(
+        self, dataset, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True
+    ):
+        super().__init__(
+            dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
+        )
         self.resume_epoch: int | None = None
         self.resume_index = 0
         self.progress: Callable[[], int] | None = None  # indices of finished steps this epoch
@@ -51,7 +54,8 @@ class ResumableSampler(DistributedSampler):
             self.resume_at(state["epoch"], state["index"])
 
     def resume_at(self, epoch: int, index: int) -> None:
-        """The next iterator of `epoch` skips this rank's first `index` indices (already trained on).
+        """The next iterator of `epoch` skips this rank's first `index` indices (already trained
+        on).
         Kept, not cleared on first use: Lightning builds a resumed run's iterator twice."""
         self.resume_epoch, self.resume_index = int(epoch), int(index)
 
@@ -59,7 +63,7 @@ class ResumableSampler(DistributedSampler):
         """This rank's indices for the current epoch, the trained-on head removed on resume."""
         order = list(super().__iter__())
         if self.resume_epoch == self.epoch:
-            order = order[self.resume_index:]
+            order = order[self.resume_index :]
         return order
 
     def __iter__(self):

@@ -61,7 +61,9 @@ class RadarConfig:
         given = {k: v for k, v in dict(radar).items() if v is not None}  # null = default
         unknown = set(given) - fields
         if unknown:
-            raise UserError(f"unknown radar option(s) {sorted(unknown)}; valid: {sorted(fields)} (data.radar)")
+            raise UserError(
+                f"unknown radar option(s) {sorted(unknown)}; valid: {sorted(fields)} (data.radar)"
+            )
         try:
             cfg = cls(**{k: float(v) for k, v in given.items()})
         except (TypeError, ValueError) as err:
@@ -79,7 +81,9 @@ class RadarConfig:
 # ------------------------------------------------------------ parameters
 
 
-def draw_params(cls_name: str, rng: np.random.Generator, radar: RadarConfig, subject: dict | None = None) -> dict:
+def draw_params(
+    cls_name: str, rng: np.random.Generator, radar: RadarConfig, subject: dict | None = None
+) -> dict:
     """Everything random about one sample, as a JSON-able dict (stored in metadata).
     subject: body traits of a known person (the hard preset, scene.py) instead of a fresh one."""
     u = rng.uniform
@@ -108,10 +112,21 @@ def draw_params(cls_name: str, rng: np.random.Generator, radar: RadarConfig, sub
         p["lean"] = u(5, 15)
     elif cls_name == "jump":
         p.update(
-            crouch_s=u(0.3, 0.5), push_s=u(0.15, 0.25), takeoff_mps=u(1.8, 2.8), land_s=u(0.2, 0.3),
-            recover_s=u(0.4, 0.6), forward_mps=u(0.3, 1.5), depth=u(0.15, 0.28),
+            crouch_s=u(0.3, 0.5),
+            push_s=u(0.15, 0.25),
+            takeoff_mps=u(1.8, 2.8),
+            land_s=u(0.2, 0.3),
+            recover_s=u(0.4, 0.6),
+            forward_mps=u(0.3, 1.5),
+            depth=u(0.15, 0.28),
         )
-        period = p["crouch_s"] + p["push_s"] + 2 * p["takeoff_mps"] / kin.G + p["land_s"] + p["recover_s"]
+        period = (
+            p["crouch_s"]
+            + p["push_s"]
+            + 2 * p["takeoff_mps"] / kin.G
+            + p["land_s"]
+            + p["recover_s"]
+        )
         p["period_s"] = period + u(0.1, 0.4)
         p["onset"] = u(0.1, 0.6)
         p["n_jumps"] = 2 if p["onset"] + p["period_s"] + period < T else 1
@@ -154,8 +169,14 @@ def draw_params(cls_name: str, rng: np.random.Generator, radar: RadarConfig, sub
 # ---------------------------------------------------------------- rendering
 
 
-def render(cls_name: str, p: dict, radar: RadarConfig, image_size: int, rng: np.random.Generator,
-           hard: bool = False):
+def render(
+    cls_name: str,
+    p: dict,
+    radar: RadarConfig,
+    image_size: int,
+    rng: np.random.Generator,
+    hard: bool = False,
+):
     """Kinematics -> echo -> spectrogram for drawn parameters p. Returns (H, W) float32 in [0, 1]
     and adds the measured torso radial velocity (m/s, + approaching) to p."""
     lam, prf = radar.wavelength, radar.prf_hz
@@ -182,8 +203,12 @@ def render(cls_name: str, p: dict, radar: RadarConfig, image_size: int, rng: np.
     if hard:
         s = scenes.scene_echo(joints, t, p, radar_pos, lam, prf, n, rng, KIN_DECIMATION)
     else:
-        s = rad.echo(joints, (rot, start), radar_pos, lam, p["snr_db"], p["clutter_db"], rng, KIN_DECIMATION)[:n]
-    img = rad.spectrogram(s, prf, radar.window_s, lam, radar.v_max, radar.dynamic_range_db, image_size)
+        s = rad.echo(
+            joints, (rot, start), radar_pos, lam, p["snr_db"], p["clutter_db"], rng, KIN_DECIMATION
+        )[:n]
+    img = rad.spectrogram(
+        s, prf, radar.window_s, lam, radar.v_max, radar.dynamic_range_db, image_size
+    )
     return img, p
 
 
@@ -192,15 +217,22 @@ def sample_seed(base_seed: int, split: str, cls_name: str, index: int) -> list[i
     return [int(base_seed), SPLIT_IDS[split], CLASSES.index(cls_name), int(index)]
 
 
-def simulate_one(cls_name: str, seed, image_size: int = 64, radar: RadarConfig | dict | None = None,
-                 hard: scenes.HardScene | None = None):
+def simulate_one(
+    cls_name: str,
+    seed,
+    image_size: int = 64,
+    radar: RadarConfig | dict | None = None,
+    hard: scenes.HardScene | None = None,
+):
     """One spectrogram: (H, W) float32 in [0, 1] (row 0 = +v_max, approaching) and its parameters.
     hard: the hard preset's scene (scene.py); None = the easy default."""
     if cls_name not in CLASSES:
         raise UserError(f"unknown activity class '{cls_name}'; choose from {list(CLASSES)}")
     radar = RadarConfig.make(radar)
     rng = np.random.default_rng(seed)
-    p = draw_params(cls_name, rng, radar, scenes.subject_of(seed, hard)[1] if hard is not None else None)
+    p = draw_params(
+        cls_name, rng, radar, scenes.subject_of(seed, hard)[1] if hard is not None else None
+    )
     if hard is not None:
         p = scenes.harden(p, cls_name, seed, hard, rng, radar.duration_s)
     return render(cls_name, p, radar, image_size, rng, hard=hard is not None)
@@ -277,17 +309,26 @@ class MicroDopplerSource:
         bad = [c for c in classes if c not in CLASSES]
         if bad or not classes or len(set(classes)) != len(classes):
             raise UserError(
-                f"data.classes={classes}: unknown or repeated class {bad or classes}; choose from {list(CLASSES)}"
+                f"data.classes={classes}: unknown or repeated class {bad or classes}; choose from "
+                f"{list(CLASSES)}"
             )
         if not isinstance(image_size, int) or image_size < 16 or image_size > 512 or image_size % 8:
-            raise UserError(f"data.image_size={image_size!r} must be a multiple of 8 in [16, 512] (64 or 128)")
+            raise UserError(
+                f"data.image_size={image_size!r} must be a multiple of 8 in [16, 512] (64 or 128)"
+            )
         if int(n_per_class) < 1:
             raise UserError(f"data.n_per_class={n_per_class} must be >= 1")
         default_eval = max(8, int(n_per_class) // 8)
         if preset not in ("easy", "hard"):
-            raise UserError(f"data.preset={preset!r}: choose easy (the default) or hard (data=microdoppler_hard)")
+            raise UserError(
+                f"data.preset={preset!r}: choose easy (the default) or hard "
+                f"(data=microdoppler_hard)"
+            )
         if scene and preset != "hard":
-            raise UserError("data.scene is the hard preset's scene: set data.preset=hard (data=microdoppler_hard)")
+            raise UserError(
+                "data.scene is the hard preset's scene: set data.preset=hard "
+                "(data=microdoppler_hard)"
+            )
         self.hard = scenes.HardScene.make(scene) if preset == "hard" else None
         self.class_names = classes
         self.image_size = image_size
@@ -319,8 +360,16 @@ class MicroDopplerSource:
     def _generate(self, name):
         n = self.counts[name] * len(self.class_names)
         workers = self.workers if n >= 64 else 0
-        return generate(self.class_names, self.counts[name], name, self.seed, self.image_size, self.radar, workers,
-                        self.hard)
+        return generate(
+            self.class_names,
+            self.counts[name],
+            name,
+            self.seed,
+            self.image_size,
+            self.radar,
+            workers,
+            self.hard,
+        )
 
     def split(self, name: str) -> Dataset:
         if name not in SPLITS:
@@ -328,7 +377,11 @@ class MicroDopplerSource:
         if name not in self._splits:
             ds = SimulatedSplit(*self._load_or_generate(name))
             # (base seed, split, class, index) is what makes a sample: its id in subset fingerprints
-            ds.item_ids = [f"seed{self.seed}/{name}/{c}/{i}" for c in self.class_names for i in range(self.counts[name])]
+            ds.item_ids = [
+                f"seed{self.seed}/{name}/{c}/{i}"
+                for c in self.class_names
+                for i in range(self.counts[name])
+            ]
             # the hard preset's people (scene.py): splits never share one
             ds.subjects = [q.get("subject") for q in ds.params] if self.hard is not None else None
             self._splits[name] = ds
@@ -358,7 +411,9 @@ class MicroDopplerSource:
 # ------------------------------------------------------------- throughput
 
 
-def throughput(image_size: int = 64, n_per_class: int = 50, workers: int = 0) -> tuple[float, float]:
+def throughput(
+    image_size: int = 64, n_per_class: int = 50, workers: int = 0
+) -> tuple[float, float]:
     """Spectrograms per minute for one `generate` over all 8 classes: (wall clock, per CPU
     core from the CPU time of this process and its pool). On a busy machine the wall
     rate drops while the per-core rate stays close to what an idle core gives."""
@@ -366,7 +421,10 @@ def throughput(image_size: int = 64, n_per_class: int = 50, workers: int = 0) ->
     import time
 
     def cpu():
-        self_, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        self_, kids = (
+            resource.getrusage(resource.RUSAGE_SELF),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+        )
         return self_.ru_utime + self_.ru_stime + kids.ru_utime + kids.ru_stime
 
     t0, c0 = time.perf_counter(), cpu()
@@ -381,4 +439,7 @@ if __name__ == "__main__":
     for size in (64, 128):
         for w in (0, os.cpu_count() or 1):
             wall, core = throughput(size, n, w)
-            print(f"image_size={size} workers={w}: {wall:.0f} spectrograms/min wall, {core:.0f} per core")
+            print(
+                f"image_size={size} workers={w}: {wall:.0f} spectrograms/min wall, {core:.0f} per "
+                f"core"
+            )

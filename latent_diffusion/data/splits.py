@@ -131,8 +131,9 @@ def load_split(path: str | os.PathLike) -> dict[str, list[str]]:
     return mapping
 
 
-def fraction_subset(labels: Sequence[int], fraction: float, seed: int,
-                    class_names: Sequence[str] | None = None) -> np.ndarray:
+def fraction_subset(
+    labels: Sequence[int], fraction: float, seed: int, class_names: Sequence[str] | None = None
+) -> np.ndarray:
     """Sorted indices of a seeded, stratified `fraction` of a training split.
 
     The one rule for "the F-subset with seed S": `train data.fraction=F
@@ -145,7 +146,9 @@ def fraction_subset(labels: Sequence[int], fraction: float, seed: int,
     """
     fraction = float(fraction)
     if not 0.0 < fraction <= 1.0:
-        raise UserError(f"data.fraction={fraction} must be in (0, 1]: the share of the training split to keep")
+        raise UserError(
+            f"data.fraction={fraction} must be in (0, 1]: the share of the training split to keep"
+        )
     labels = np.asarray(labels)
     if fraction == 1.0:
         return np.arange(len(labels))
@@ -156,7 +159,8 @@ def fraction_subset(labels: Sequence[int], fraction: float, seed: int,
         if k == 0:
             name = class_names[int(c)] if class_names is not None else f"class {int(c)}"
             raise UserError(
-                f"data.fraction={fraction} keeps no training sample of '{name}', which has {len(idx)}: "
+                f"data.fraction={fraction} keeps no training sample of '{name}', which has "
+                f"{len(idx)}: "
                 f"use data.fraction >= {0.5 / len(idx):.3g} (every class needs at least one)"
             )
         rng = np.random.default_rng([int(seed), int(c)])

@@ -26,24 +26,35 @@ class Augment:
     #                                   fraction of the width either way (periodic gaits only)
     time_flip: bool = False  # reverses time: changes the class of sit/stand, fall; off by default
     doppler_flip: bool = False  # swaps towards/away: only if your data has both directions
-    doppler_shift: float = 0.0  # RadarSpecAugment frequency shift: up to this fraction of the height
+    doppler_shift: float = (
+        0.0  # RadarSpecAugment frequency shift: up to this fraction of the height
+    )
     frequency_disturbance: float = 0.0  # RadarSpecAugment: a smooth per-column Doppler wander
     mixup: float = 0.0  # not here: a blend of two classes has no class to condition a generator on
 
     def __post_init__(self):
         if self.mixup:
-            raise UserError("data.augment.mixup: mixup blends two classes, so a class-conditional generator "
-                            "or VAE has no label to learn; it is a classifier option (evaluate "
-                            "protocol.augment.mixup=ALPHA)")
+            raise UserError(
+                "data.augment.mixup: mixup blends two classes, so a class-conditional generator "
+                "or VAE has no label to learn; it is a classifier option (evaluate "
+                "protocol.augment.mixup=ALPHA)"
+            )
         for key in ("doppler_shift", "frequency_disturbance"):
             v = float(getattr(self, key))
             if not 0.0 <= v < 0.5:
-                raise UserError(f"data.augment.{key}={v} must be in [0, 0.5): a fraction of the image height")
+                raise UserError(
+                    f"data.augment.{key}={v} must be in [0, 0.5): a fraction of the image height"
+                )
 
     @property
     def enabled(self) -> bool:
-        return bool(self.time_shift or self.time_flip or self.doppler_flip or self.doppler_shift
-                    or self.frequency_disturbance)
+        return bool(
+            self.time_shift
+            or self.time_flip
+            or self.doppler_flip
+            or self.doppler_shift
+            or self.frequency_disturbance
+        )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # x: (C, H=velocity, W=time)
@@ -52,8 +63,9 @@ class Augment:
         elif self.time_shift:
             x = ca.time_shift(x, float(self.time_shift))
         if self.frequency_disturbance or self.doppler_shift:
-            x = ca.apply_per_image(x, doppler=float(self.doppler_shift),
-                                   disturbance=float(self.frequency_disturbance))
+            x = ca.apply_per_image(
+                x, doppler=float(self.doppler_shift), disturbance=float(self.frequency_disturbance)
+            )
         if self.time_flip and torch.rand(()) < 0.5:
             x = torch.flip(x, dims=[-1])
         if self.doppler_flip and torch.rand(()) < 0.5:

@@ -1,4 +1,5 @@
-"""Noise schedules, the hybrid training objective, samplers, classifier-free and classifier guidance."""
+"""Noise schedules, the hybrid training objective, samplers, classifier-free and classifier
+guidance."""
 
 from __future__ import annotations
 

@@ -34,10 +34,14 @@ def check_scale(scale, key: str = "classifier_scale") -> float:
     try:
         s = float(scale)
     except (TypeError, ValueError):
-        raise UserError(f"{key}={scale!r}: must be a number >= 0 (0 = no classifier guidance)") from None
+        raise UserError(
+            f"{key}={scale!r}: must be a number >= 0 (0 = no classifier guidance)"
+        ) from None
     if not math.isfinite(s) or s < 0:
-        raise UserError(f"{key}={scale!r}: must be a finite number >= 0 (0 = no classifier guidance, "
-                        "1 = the class-conditional distribution, > 1 sharper classes)")
+        raise UserError(
+            f"{key}={scale!r}: must be a finite number >= 0 (0 = no classifier guidance, "
+            "1 = the class-conditional distribution, > 1 sharper classes)"
+        )
     return s
 
 
@@ -57,7 +61,9 @@ def classifier_cond_fn(classifier, y: torch.Tensor, scale: float) -> CondFn:
             x_in = x_t.detach().float().requires_grad_(True)  # (B, C, H, W)
             logits = classifier(x_in, t)  # (B, K)
             log_p = F.log_softmax(logits.float(), dim=-1)
-            chosen = log_p[torch.arange(len(log_p), device=log_p.device), y.to(log_p.device)]  # (B,)
+            chosen = log_p[
+                torch.arange(len(log_p), device=log_p.device), y.to(log_p.device)
+            ]  # (B,)
             (grad,) = torch.autograd.grad(chosen.sum(), x_in)
         return (grad * scale).to(x_t.dtype)
 
@@ -69,8 +75,14 @@ def condition_mean(p: dict, grad: torch.Tensor) -> torch.Tensor:
     return p["mean"] + p["variance"] * grad.to(p["mean"].dtype)
 
 
-def condition_score(diffusion, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor,
-                    grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def condition_score(
+    diffusion,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    x0: torch.Tensor,
+    eps: torch.Tensor,
+    grad: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Score form: eps' = eps - sqrt(1 - acp_t) s grad log p(y | x_t); -> (x0', eps').
 
     x0 = (x_t - b eps) / a (a = sqrt(acp_t), b = sqrt(1 - acp_t)), so x0' = x0 + (b^2 / a) grad.

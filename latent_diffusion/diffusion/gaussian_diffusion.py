@@ -44,10 +44,13 @@ class GaussianDiffusion:
     ):
         if prediction not in PREDICTIONS:
             raise UserError(
-                f"diffusion.prediction={prediction!r} is not known; use one of {', '.join(PREDICTIONS)}."
+                f"diffusion.prediction={prediction!r} is not known; use one of "
+                f"{', '.join(PREDICTIONS)}."
             )
         if loss not in LOSSES:
-            raise UserError(f"diffusion.loss={loss!r} is not known; use one of {', '.join(LOSSES)}.")
+            raise UserError(
+                f"diffusion.loss={loss!r} is not known; use one of {', '.join(LOSSES)}."
+            )
         if loss == "hybrid" and not learn_sigma:
             raise UserError(
                 "diffusion.loss=hybrid needs diffusion.learn_sigma=true: the VLB term only trains "
@@ -59,7 +62,9 @@ class GaussianDiffusion:
                 "untrained. Use diffusion.loss=hybrid, or set diffusion.learn_sigma=false."
             )
         if snr_gamma is not None and not float(snr_gamma) > 0:
-            raise UserError(f"diffusion.snr_gamma={snr_gamma!r}: use a positive number (5 in Min-SNR) or null.")
+            raise UserError(
+                f"diffusion.snr_gamma={snr_gamma!r}: use a positive number (5 in Min-SNR) or null."
+            )
         if fixed_variance not in ("large", "small"):
             raise UserError(f"diffusion.fixed_variance={fixed_variance!r}: use 'large' or 'small'.")
         self.schedule = s = DiffusionSchedule(betas, timestep_map)
@@ -101,13 +106,22 @@ class GaussianDiffusion:
         """x_t = sqrt(acp_t) x0 + sqrt(1 - acp_t) eps (DDPM eq. 4)."""
         noise = torch.randn_like(x0) if noise is None else noise
         s = self.schedule
-        return s.at("sqrt_alphas_cumprod", t, x0) * x0 + s.at("sqrt_one_minus_alphas_cumprod", t, x0) * noise
+        return (
+            s.at("sqrt_alphas_cumprod", t, x0) * x0
+            + s.at("sqrt_one_minus_alphas_cumprod", t, x0) * noise
+        )
 
     def q_posterior_mean_variance(self, x0, x_t, t):
         """q(x_{t-1} | x_t, x0) (DDPM eq. 6-7) -> (mean, variance, log_variance_clipped)."""
         s = self.schedule
-        mean = s.at("posterior_mean_coef1", t, x_t) * x0 + s.at("posterior_mean_coef2", t, x_t) * x_t
-        return mean, s.at("posterior_variance", t, x_t), s.at("posterior_log_variance_clipped", t, x_t)
+        mean = (
+            s.at("posterior_mean_coef1", t, x_t) * x0 + s.at("posterior_mean_coef2", t, x_t) * x_t
+        )
+        return (
+            mean,
+            s.at("posterior_variance", t, x_t),
+            s.at("posterior_log_variance_clipped", t, x_t),
+        )
 
     # ---------------------------------------------- eps <-> x0 <-> v conversions
     # With a_t = sqrt(acp_t), s_t = sqrt(1 - acp_t): x_t = a x0 + s eps and
@@ -153,12 +167,17 @@ class GaussianDiffusion:
             x0 = self.x0_from_v(x_t, t, pred)
         if self.clip_x0:  # pixels only: latents are unbounded, clamping them would bias x0
             x0 = x0.clamp(-1, 1)
-        eps = pred if (self.prediction == "eps" and not self.clip_x0) else self.eps_from_x0(x_t, t, x0)
+        eps = (
+            pred
+            if (self.prediction == "eps" and not self.clip_x0)
+            else self.eps_from_x0(x_t, t, x0)
+        )
         return x0, eps
 
     # ------------------------------------------------------------ reverse process
     def p_mean_variance(self, model_out, x_t, t):
-        """p(x_{t-1} | x_t) from a model output -> dict(mean, variance, log_variance, pred_x0, pred_eps).
+        """p(x_{t-1} | x_t) from a model output -> dict(mean, variance, log_variance, pred_x0,
+        pred_eps).
 
         Computed in x_t's dtype (samplers pass a float64 state).
         """
@@ -179,13 +198,17 @@ class GaussianDiffusion:
                 log_var = s.at("posterior_log_variance_clipped", t, x_t).expand_as(x_t)
         x0, eps = self.predict_x0_eps(pred, x_t, t)
         mean, _, _ = self.q_posterior_mean_variance(x0, x_t, t)
-        return dict(mean=mean, variance=torch.exp(log_var), log_variance=log_var, pred_x0=x0, pred_eps=eps)
+        return dict(
+            mean=mean, variance=torch.exp(log_var), log_variance=log_var, pred_x0=x0, pred_eps=eps
+        )
 
     # ------------------------------------------------------------------ training
     def sample_timesteps(self, batch_size: int, generator=None, device=None) -> torch.Tensor:
         """Uniform t ~ U{0..T-1}, shape (B,) long."""
         gen_device = generator.device if generator is not None else device
-        t = torch.randint(0, self.num_timesteps, (batch_size,), generator=generator, device=gen_device)
+        t = torch.randint(
+            0, self.num_timesteps, (batch_size,), generator=generator, device=gen_device
+        )
         return t.to(device) if device is not None else t
 
     def target(self, x0, noise, t):
@@ -219,7 +242,9 @@ class GaussianDiffusion:
         for t = 0; mean over dims, in bits per dim (as guided-diffusion) -> (B,)."""
         true_mean, _, true_log_var = self.q_posterior_mean_variance(x0, x_t, t)
         p = self.p_mean_variance(frozen_out, x_t, t)
-        kl = mean_flat(normal_kl(true_mean, true_log_var, p["mean"], p["log_variance"])) / math.log(2.0)
+        kl = mean_flat(normal_kl(true_mean, true_log_var, p["mean"], p["log_variance"])) / math.log(
+            2.0
+        )
         nll = mean_flat(gaussian_nll(x0, p["mean"], p["log_variance"])) / math.log(2.0)
         return torch.where(t == 0, nll, kl)
 
@@ -234,7 +259,9 @@ class GaussianDiffusion:
         x_t = self.q_sample(x0, t, noise)  # (B, C, H, W)
         model_out = self.call_model(model_fn, x_t, t, **(model_kwargs or {}))
         pred, var_v = self.split_output(model_out, x_t)
-        mse = mean_flat((self.target(x0, noise, t) - pred.float()) ** 2)  # (B,), reported unweighted
+        mse = mean_flat(
+            (self.target(x0, noise, t) - pred.float()) ** 2
+        )  # (B,), reported unweighted
         weighted = self.mse_weight(t, mse) * mse
         if self.learn_sigma:
             # Stop-gradient on the mean (Improved DDPM sec. 3.1): the VLB trains only the

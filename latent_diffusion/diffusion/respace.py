@@ -25,12 +25,13 @@ def space_timesteps(T: int, section_counts) -> set[int]:
     """
     if isinstance(section_counts, str):
         if section_counts.startswith("ddim"):
-            desired = int(section_counts[len("ddim"):])
+            desired = int(section_counts[len("ddim") :])
             for stride in range(1, T):
                 if len(range(0, T, stride)) == desired:
                     return set(range(0, T, stride))
             raise UserError(
-                f"steps={section_counts!r}: no integer stride gives exactly {desired} of {T} steps; "
+                f"steps={section_counts!r}: no integer stride gives exactly {desired} of {T} "
+                f"steps; "
                 f"use a plain count such as steps={desired}."
             )
         section_counts = [int(x) for x in section_counts.split(",")]

@@ -67,15 +67,25 @@ def _call(diffusion: GaussianDiffusion, model_fn: ModelFn, x: torch.Tensor, i: i
     return out.to(x.dtype), t
 
 
-def _grad(diffusion: GaussianDiffusion, cond_fn: CondFn, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def _grad(
+    diffusion: GaussianDiffusion, cond_fn: CondFn, x: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
     """cond_fn at (x_t, t) with t given as the denoiser sees it (original, maybe rescaled)."""
     return cond_fn(x.float(), diffusion.model_timesteps(t)).to(x.dtype)  # (B, C, H, W)
 
 
 # ------------------------------------------------------------------ DDPM
 @torch.no_grad()
-def ddpm_sample(diffusion, model_fn: ModelFn, shape, generators=None, steps=None, device="cpu", progress=None,
-                cond_fn: CondFn | None = None):
+def ddpm_sample(
+    diffusion,
+    model_fn: ModelFn,
+    shape,
+    generators=None,
+    steps=None,
+    device="cpu",
+    progress=None,
+    cond_fn: CondFn | None = None,
+):
     """Ancestral sampling (DDPM Alg. 2) with p(x_{t-1}|x_t) from `p_mean_variance`: a learned
     variance is honoured, against the respaced betas when `steps` is given. With cond_fn
     the mean moves by Sigma_t * grad (condition_mean)."""
@@ -86,7 +96,9 @@ def ddpm_sample(diffusion, model_fn: ModelFn, shape, generators=None, steps=None
         p = d.p_mean_variance(out, x, t)
         mean = p["mean"] if cond_fn is None else condition_mean(p, _grad(d, cond_fn, x, t))
         if i > 0:  # no noise at the last step: the output is the mean of p(x0|x1)
-            x = mean + torch.exp(0.5 * p["log_variance"]) * draw_noise(shape, generators, device, x.dtype)
+            x = mean + torch.exp(0.5 * p["log_variance"]) * draw_noise(
+                shape, generators, device, x.dtype
+            )
         else:
             x = mean
         if progress:
@@ -96,10 +108,21 @@ def ddpm_sample(diffusion, model_fn: ModelFn, shape, generators=None, steps=None
 
 # ------------------------------------------------------------------ DDIM
 @torch.no_grad()
-def ddim_sample(diffusion, model_fn: ModelFn, shape, steps=DEFAULT_STEPS["ddim"], eta: float = 0.0, generators=None,
-                device="cpu", progress=None, cond_fn: CondFn | None = None):
-    """DDIM (Song et al. 2021, eq. 12): x_{t-1} = sqrt(acp_prev) x0 + sqrt(1 - acp_prev - sigma^2) eps
-    + sigma z, sigma = eta sqrt((1-acp_prev)/(1-acp)) sqrt(1 - acp/acp_prev). eta = 0: deterministic.
+def ddim_sample(
+    diffusion,
+    model_fn: ModelFn,
+    shape,
+    steps=DEFAULT_STEPS["ddim"],
+    eta: float = 0.0,
+    generators=None,
+    device="cpu",
+    progress=None,
+    cond_fn: CondFn | None = None,
+):
+    """DDIM (Song et al. 2021, eq. 12): x_{t-1} = sqrt(acp_prev) x0 + sqrt(1 - acp_prev - sigma^2)
+    eps
+    + sigma z, sigma = eta sqrt((1-acp_prev)/(1-acp)) sqrt(1 - acp/acp_prev). eta = 0:
+    deterministic.
     With cond_fn, eps (and the x0 it implies) is shifted first (condition_score)."""
     d = respaced_for(diffusion, steps)
     s = d.schedule
@@ -122,8 +145,16 @@ def ddim_sample(diffusion, model_fn: ModelFn, shape, steps=DEFAULT_STEPS["ddim"]
 
 # ------------------------------------------------------------- DPM-Solver++
 @torch.no_grad()
-def dpmpp_sample(diffusion, model_fn: ModelFn, shape, steps=DEFAULT_STEPS["dpmpp"], generators=None, device="cpu",
-                 progress=None, cond_fn: CondFn | None = None):
+def dpmpp_sample(
+    diffusion,
+    model_fn: ModelFn,
+    shape,
+    steps=DEFAULT_STEPS["dpmpp"],
+    generators=None,
+    device="cpu",
+    progress=None,
+    cond_fn: CondFn | None = None,
+):
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2), data prediction, multistep.
 
     alpha_t = sqrt(acp), sigma_t = sqrt(1 - acp), lambda_t = log(alpha_t / sigma_t),
@@ -136,9 +167,13 @@ def dpmpp_sample(diffusion, model_fn: ModelFn, shape, steps=DEFAULT_STEPS["dpmpp
     multistep history holds guided predictions, as guided DPM-Solver does.
     """
     if not isinstance(steps, int) or not 1 <= steps <= diffusion.num_timesteps:
-        raise UserError(f"steps={steps!r}: DPM-Solver++ takes an int in [1, {diffusion.num_timesteps}].")
+        raise UserError(
+            f"steps={steps!r}: DPM-Solver++ takes an int in [1, {diffusion.num_timesteps}]."
+        )
     T = diffusion.num_timesteps
-    ts = np.linspace(0, T - 1, steps + 1).round()[::-1][:-1].astype(np.int64)  # e.g. 999, 949, ..., 50
+    ts = (
+        np.linspace(0, T - 1, steps + 1).round()[::-1][:-1].astype(np.int64)
+    )  # e.g. 999, 949, ..., 50
     d = respaced(diffusion, ts)  # index i -> training step ts sorted ascending; keeps the model's t
     n = d.num_timesteps
     acp = d.schedule.alphas_cumprod
@@ -170,13 +205,23 @@ def dpmpp_sample(diffusion, model_fn: ModelFn, shape, steps=DEFAULT_STEPS["dpmpp
 SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpmpp": dpmpp_sample}
 
 
-def sample(sampler: str, diffusion, model_fn: ModelFn, shape, steps=None, generators=None, device="cpu", **kwargs):
+def sample(
+    sampler: str,
+    diffusion,
+    model_fn: ModelFn,
+    shape,
+    steps=None,
+    generators=None,
+    device="cpu",
+    **kwargs,
+):
     """Dispatch by name ('ddpm' | 'ddim' | 'dpmpp'); `steps` None means DEFAULT_STEPS[sampler]."""
     if sampler not in SAMPLERS:
         raise UserError(f"sampler={sampler!r} is not known; use one of {', '.join(SAMPLERS)}.")
     steps = DEFAULT_STEPS[sampler] if steps is None else steps
-    return SAMPLERS[sampler](diffusion, model_fn, shape, steps=steps, generators=generators, device=device,
-                             **kwargs)
+    return SAMPLERS[sampler](
+        diffusion, model_fn, shape, steps=steps, generators=generators, device=device, **kwargs
+    )
 
 
 # ------------------------------------------------- classifier-free guidance
@@ -197,7 +242,9 @@ def cfg_model_fn(model, y: torch.Tensor, null_label: int, w: float) -> ModelFn:
             return model(x_t, t, yy)
         C = x_t.shape[1]
         null = torch.full_like(yy, null_label)
-        out = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([yy, null]))  # (2B, C|2C, H, W)
+        out = model(
+            torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([yy, null])
+        )  # (2B, C|2C, H, W)
         cond, uncond = out.chunk(2)
         guided = uncond[:, :C] + w * (cond[:, :C] - uncond[:, :C])
         return torch.cat([guided, cond[:, C:]], dim=1)

@@ -28,7 +28,8 @@ def betas_for(schedule: str, T: int = 1000) -> np.ndarray:
         scale = 1000.0 / T
         if scale * 0.02 >= 1:
             raise UserError(
-                f"diffusion.timesteps={T} is too few for the linear schedule (beta_T = {scale * 0.02:.2f} >= 1); "
+                f"diffusion.timesteps={T} is too few for the linear schedule (beta_T = "
+                f"{scale * 0.02:.2f} >= 1); "
                 "use timesteps >= 21 or diffusion.schedule=cosine."
             )
         return np.linspace(scale * 1e-4, scale * 0.02, T, dtype=np.float64)
@@ -40,7 +41,9 @@ def betas_for(schedule: str, T: int = 1000) -> np.ndarray:
         # e / sqrt(alpha_bar_T), i.e. x15 here instead of x160, which is what lets
         # a short-trained latent model start its sampling trajectory on the data.
         scale = 1000.0 / T
-        return np.linspace((scale * 0.00085) ** 0.5, (scale * 0.012) ** 0.5, T, dtype=np.float64) ** 2
+        return (
+            np.linspace((scale * 0.00085) ** 0.5, (scale * 0.012) ** 0.5, T, dtype=np.float64) ** 2
+        )
     if schedule == "cosine":
         # Improved DDPM (Nichol & Dhariwal 2021) eq. 17: alpha_bar(t) = f(t)/f(0),
         # f(t) = cos^2(((t/T + s)/(1 + s)) * pi/2), s = 0.008; beta clipped at 0.999
@@ -70,7 +73,9 @@ class DiffusionSchedule:
         self.betas = betas
         self.num_timesteps = T = len(betas)
         self.timestep_map = (
-            np.arange(T, dtype=np.int64) if timestep_map is None else np.asarray(timestep_map, dtype=np.int64)
+            np.arange(T, dtype=np.int64)
+            if timestep_map is None
+            else np.asarray(timestep_map, dtype=np.int64)
         )
         if self.timestep_map.shape != (T,):
             raise ValueError(f"timestep_map has shape {self.timestep_map.shape}, expected ({T},)")
@@ -85,7 +90,9 @@ class DiffusionSchedule:
         self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
 
         # DDPM eq. 7: q(x_{t-1} | x_t, x_0) = N(coef1 x_0 + coef2 x_t, beta_tilde_t).
-        self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        self.posterior_variance = (
+            betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        )
         # beta_tilde_0 = 0: log would be -inf, so (as guided-diffusion) the first entry
         # borrows beta_tilde_1; it is only used as an end point of the learned range.
         self.posterior_log_variance_clipped = np.log(
@@ -93,12 +100,15 @@ class DiffusionSchedule:
             if T > 1
             else np.array([betas[0]])
         )
-        self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef1 = (
+            betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        )
         self.posterior_mean_coef2 = (
             (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
         )
         self.log_betas = np.log(betas)
-        # DDPM's sigma_t^2 = beta_t, with beta_tilde_1 at t = 0 for a better L_0 (guided-diffusion's FIXED_LARGE)
+        # DDPM's sigma_t^2 = beta_t, with beta_tilde_1 at t = 0 for a better L_0 (guided-diffusion's
+        # FIXED_LARGE)
         self.log_variance_fixed_large = np.log(
             np.append(self.posterior_variance[1], betas[1:]) if T > 1 else betas
         )

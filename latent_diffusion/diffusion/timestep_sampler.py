@@ -81,6 +81,7 @@ TIMESTEP_SAMPLERS = {"uniform": UniformSampler, "loss-second-moment": LossSecond
 def create_timestep_sampler(name: str, num_timesteps: int):
     if name not in TIMESTEP_SAMPLERS:
         raise UserError(
-            f"diffusion.timestep_sampler={name!r} is not known; use one of {', '.join(TIMESTEP_SAMPLERS)}."
+            f"diffusion.timestep_sampler={name!r} is not known; use one of "
+            f"{', '.join(TIMESTEP_SAMPLERS)}."
         )
     return TIMESTEP_SAMPLERS[name](num_timesteps)

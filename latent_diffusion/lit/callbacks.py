@@ -1,4 +1,5 @@
-"""Callbacks: sample grids during training, the shared trigger of sampling callbacks, weight digests."""
+"""Callbacks: sample grids during training, the shared trigger of sampling callbacks, weight
+digests."""
 
 from __future__ import annotations
 
@@ -23,8 +24,15 @@ class PeriodicSampling(L.Callback):
     (seed, class, index) is the one `sample` writes for the same settings and
     successive checks show the model changing, not the noise)."""
 
-    def __init__(self, every_n_steps: int, n_per_class: int, sampler: str = "dpmpp", steps: int | None = None,
-                 guidance: float = 1.0, seed: int = 0):
+    def __init__(
+        self,
+        every_n_steps: int,
+        n_per_class: int,
+        sampler: str = "dpmpp",
+        steps: int | None = None,
+        guidance: float = 1.0,
+        seed: int = 0,
+    ):
         self.every_n_steps, self.n_per_class = int(every_n_steps), int(n_per_class)
         self.sampler, self.steps, self.guidance = sampler, steps, float(guidance)
         self.seed = int(seed)
@@ -34,7 +42,9 @@ class PeriodicSampling(L.Callback):
         # a bad sampler setting is said before the first training step, not at the first check
         from latent_diffusion.pipeline import check_sampling_args
 
-        check_sampling_args(self.sampler, self.steps, self.guidance, 0.0, pl_module.diffusion.num_timesteps)
+        check_sampling_args(
+            self.sampler, self.steps, self.guidance, 0.0, pl_module.diffusion.num_timesteps
+        )
 
     def due(self, step: int) -> bool:
         return self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0
@@ -61,8 +71,14 @@ class PeriodicSampling(L.Callback):
     def sample_images(self, pl_module) -> np.ndarray:
         """(N, H, W, C) uint8 images of `labels(pl_module)` from the EMA weights."""
         with pl_module.ema_pipeline() as pipe:
-            return pipe(self.labels(pl_module), num_inference_steps=self.steps, guidance_scale=self.guidance,
-                        sampler=self.sampler, seed=self.seed, output_type="uint8").images
+            return pipe(
+                self.labels(pl_module),
+                num_inference_steps=self.steps,
+                guidance_scale=self.guidance,
+                sampler=self.sampler,
+                seed=self.seed,
+                output_type="uint8",
+            ).images
 
 
 class SampleGrid(PeriodicSampling):
@@ -70,8 +86,16 @@ class SampleGrid(PeriodicSampling):
     one labelled row per class, logged to wandb / tensorboard and written as
     <out_dir>/step_<step>.png."""
 
-    def __init__(self, every_n_steps: int = 500, n_per_class: int = 4, sampler: str = "ddim",
-                 steps: int | None = None, guidance: float = 2.0, out_dir: str | None = None, seed: int = 0):
+    def __init__(
+        self,
+        every_n_steps: int = 500,
+        n_per_class: int = 4,
+        sampler: str = "ddim",
+        steps: int | None = None,
+        guidance: float = 2.0,
+        out_dir: str | None = None,
+        seed: int = 0,
+    ):
         super().__init__(every_n_steps, n_per_class, sampler, steps, guidance, seed)
         self.out_dir = out_dir
 

@@ -73,9 +73,15 @@ class NoisyClassifier(L.LightningModule):
         self.buckets = bucket_edges(diffusion.num_timesteps, int(val_buckets))
         self.ema = EMA(classifier, decay=ema_decay)
         object.__setattr__(self, "vae", vae)  # frozen, referenced not saved (as LatentDiffusion)
-        self.save_hyperparameters({"class_names": self.class_names, "latent_shape": list(self.latent_shape),
-                                   "ema_decay": ema_decay, "small_t_power": small_t_power,
-                                   "latent_noise": latent_noise})
+        self.save_hyperparameters(
+            {
+                "class_names": self.class_names,
+                "latent_shape": list(self.latent_shape),
+                "ema_decay": ema_decay,
+                "small_t_power": small_t_power,
+                "latent_noise": latent_noise,
+            }
+        )
 
     def on_fit_start(self) -> None:
         if self.vae is not None:
@@ -91,8 +97,12 @@ class NoisyClassifier(L.LightningModule):
         z = latents_from_batch(batch, self.vae, g_dev)  # (B, c, h, w)
         y = batch["y"]  # (B,)
         if self.latent_noise > 0:  # augmentation: no two epochs show the same z0
-            z = z + self.latent_noise * torch.randn(z.shape, generator=g_dev, device=z.device, dtype=z.dtype)
-        t = torch.multinomial(self.t_probs, z.shape[0], replacement=True, generator=g_cpu).to(z.device)  # (B,)
+            z = z + self.latent_noise * torch.randn(
+                z.shape, generator=g_dev, device=z.device, dtype=z.dtype
+            )
+        t = torch.multinomial(self.t_probs, z.shape[0], replacement=True, generator=g_cpu).to(
+            z.device
+        )  # (B,)
         noise = torch.randn(z.shape, generator=g_dev, device=z.device, dtype=z.dtype)
         logits = self.logits(self.diffusion.q_sample(z, t, noise).float(), t)
         loss = F.cross_entropy(logits, y)
@@ -132,7 +142,9 @@ class NoisyClassifier(L.LightningModule):
                 self.log(f"val/acc_t{lo}-{hi - 1}", hit, sync_dist=True, batch_size=B)
                 correct.append(hit)
                 losses.append(F.cross_entropy(logits, y))
-        self.log("val/acc", torch.stack(correct).mean(), prog_bar=True, sync_dist=True, batch_size=B)
+        self.log(
+            "val/acc", torch.stack(correct).mean(), prog_bar=True, sync_dist=True, batch_size=B
+        )
         self.log("val/loss", torch.stack(losses).mean(), sync_dist=True, batch_size=B)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -117,7 +117,8 @@ class EMA(nn.Module):
 
     @contextmanager
     def swap_into(self, model: nn.Module) -> Iterator[nn.Module]:
-        """`with ema.swap_into(denoiser): sample(...)` — EMA weights inside, training weights after."""
+        """`with ema.swap_into(denoiser): sample(...)` — EMA weights inside, training weights
+        after."""
         averaged = set(self.names)
         plain = _unwrap(model)
         backup = {n: t.detach().clone() for n, t in plain.state_dict().items() if n in averaged}

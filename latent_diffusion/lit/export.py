@@ -17,8 +17,12 @@ from latent_diffusion.pipeline import LatentDiffusionPipeline, diffusers_model, 
 def _derived(denoiser) -> dict:
     """The constructor arguments the training code filled in from VAE, data and diffusion."""
     sample_size = diffusers_model(denoiser).config.sample_size
-    return {"in_channels": denoiser.in_channels, "sample_size": sample_size,
-            "num_classes": denoiser.num_classes, "learn_sigma": denoiser.learn_sigma}
+    return {
+        "in_channels": denoiser.in_channels,
+        "sample_size": sample_size,
+        "num_classes": denoiser.num_classes,
+        "learn_sigma": denoiser.learn_sigma,
+    }
 
 
 def export_run(module, cfg: DictConfig, export_dir, data_subset: dict | None = None) -> Path:
@@ -32,15 +36,21 @@ def export_run(module, cfg: DictConfig, export_dir, data_subset: dict | None = N
         "diffusion": OmegaConf.to_container(cfg.diffusion, resolve=True),
     }
     with module.ema.swap_into(denoiser):
-        pipe = LatentDiffusionPipeline(denoiser, module.diffusion, module.class_names, module.latent_shape,
-                                       module.vae, config)
-        return pipe.save_pretrained(export_dir, OmegaConf.to_yaml(cfg, resolve=True),
-                                    global_step=int(module.global_step), ema_decay=float(module.ema.decay),
-                                    data_subset=data_subset)
+        pipe = LatentDiffusionPipeline(
+            denoiser, module.diffusion, module.class_names, module.latent_shape, module.vae, config
+        )
+        return pipe.save_pretrained(
+            export_dir,
+            OmegaConf.to_yaml(cfg, resolve=True),
+            global_step=int(module.global_step),
+            ema_decay=float(module.ema.decay),
+            data_subset=data_subset,
+        )
 
 
 def load_export(run, device="cpu", load_vae: bool = True) -> LatentDiffusionPipeline:
-    """The pipeline of a run directory or export folder (LatentDiffusionPipeline.from_pretrained)."""
+    """The pipeline of a run directory or export folder
+    (LatentDiffusionPipeline.from_pretrained)."""
     return LatentDiffusionPipeline.from_pretrained(run, device=device, load_vae=load_vae)
 
 

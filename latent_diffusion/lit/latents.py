@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 
 
-def latents_from_batch(batch: dict, vae=None, generator: torch.Generator | None = None) -> torch.Tensor:
+def latents_from_batch(
+    batch: dict, vae=None, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Unit-variance latents z (B, c, h, w), or the pixels themselves without a VAE."""
     if "mean" in batch:  # cached posterior: a fresh reparameterised draw every step
         mean, std = batch["mean"], batch["std"]  # (B, c, h, w) each, already scaled

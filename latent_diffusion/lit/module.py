@@ -31,7 +31,9 @@ if TYPE_CHECKING:
     from latent_diffusion.pipeline import LatentDiffusionPipeline
 
 
-def step_generators(seed: int, rank: int, step: int, device) -> tuple[torch.Generator, torch.Generator]:
+def step_generators(
+    seed: int, rank: int, step: int, device
+) -> tuple[torch.Generator, torch.Generator]:
     """(CPU, device) generators seeded from (seed, global rank, global step).
 
     DDP ranks draw different t and noise (one global seed would give every rank the
@@ -71,8 +73,12 @@ class LatentDiffusion(L.LightningModule):
         # Not a submodule (see module docstring): object.__setattr__ bypasses nn.Module.
         object.__setattr__(self, "vae", vae)
         self.save_hyperparameters(
-            {"class_names": self.class_names, "latent_shape": list(self.latent_shape),
-             "ema_decay": ema_decay, "warmup_steps": warmup_steps}
+            {
+                "class_names": self.class_names,
+                "latent_shape": list(self.latent_shape),
+                "ema_decay": ema_decay,
+                "warmup_steps": warmup_steps,
+            }
         )
         self._bad_steps = 0
         self.skipped_steps = 0
@@ -91,21 +97,30 @@ class LatentDiffusion(L.LightningModule):
         """(CPU, device) generators for this step's diffusion draws (t, noise, posterior sample)."""
         return step_generators(self.seed, self.global_rank, self.global_step, self.device)
 
-    def latents_from_batch(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Unit-variance latents z (B, c, h, w) for the denoiser (or pixels for a pixel baseline)."""
+    def latents_from_batch(
+        self, batch: dict, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Unit-variance latents z (B, c, h, w) for the denoiser (or pixels for a pixel
+        baseline)."""
         from latent_diffusion.lit.latents import latents_from_batch
 
         return latents_from_batch(batch, self.vae, generator)
 
     # ----------------------------------------------------------------- training
-    def diffusion_loss(self, batch: dict, g_cpu: torch.Generator | None = None,
-                       g_dev: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def diffusion_loss(
+        self,
+        batch: dict,
+        g_cpu: torch.Generator | None = None,
+        g_dev: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """The training objective on one batch -> (weighted mean loss, t (B,), per-sample losses).
         Shared by training_step and the benchmarks' bare loop, so both time the same step."""
         z = self.latents_from_batch(batch, g_dev)  # (B, c, h, w)
         y = batch["y"]  # (B,); the denoiser drops labels to the null class with p_uncond
         # t ~ U{0..T-1}, or importance-sampled with weights 1/(T p_t) (Improved DDPM sec. 3.3)
-        t, w = self.diffusion.timestep_sampler.sample(z.shape[0], generator=g_cpu, device=z.device)  # (B,), (B,)
+        t, w = self.diffusion.timestep_sampler.sample(
+            z.shape[0], generator=g_cpu, device=z.device
+        )  # (B,), (B,)
         noise = torch.randn(z.shape, generator=g_dev, device=z.device, dtype=z.dtype)
         losses = self.diffusion.training_losses(
             lambda x_t, tt: self.denoiser(x_t, tt, y), z, t, noise=noise
@@ -168,7 +183,8 @@ class LatentDiffusion(L.LightningModule):
             self.ema.update(self.plain_denoiser)
 
     def configure_optimizers(self):
-        """The optimizer of the config and a linear LR warm-up over warmup_steps, stepped per step."""
+        """The optimizer of the config and a linear LR warm-up over warmup_steps, stepped per
+        step."""
         opt = self.optimizer_factory(params=self.denoiser.parameters())
         warm = max(1, self.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
@@ -204,8 +220,13 @@ class LatentDiffusion(L.LightningModule):
         with self.ema.swap_into(self.plain_denoiser):
             self.plain_denoiser.eval()
             try:
-                yield LatentDiffusionPipeline(self.plain_denoiser, self.diffusion, self.class_names,
-                                              self.latent_shape, self.vae)
+                yield LatentDiffusionPipeline(
+                    self.plain_denoiser,
+                    self.diffusion,
+                    self.class_names,
+                    self.latent_shape,
+                    self.vae,
+                )
             finally:
                 self.denoiser.train(was_training)
 
@@ -223,4 +244,3 @@ class LatentDiffusion(L.LightningModule):
         self.skipped_steps = int(checkpoint.get("skipped_steps", 0))
         if "timestep_sampler" in checkpoint:
             self.diffusion.timestep_sampler.load_state_dict(checkpoint["timestep_sampler"])
-

@@ -45,7 +45,9 @@ def load_checkpoint(path, map_location="cpu", lightning: bool = True) -> dict:
         # weights_only's unpickler stops at the first global it does not allow-list,
         # before calling anything: nothing of the file has run.
         first = str(err).strip().splitlines()
-        why = next((ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
+        why = next(
+            (ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else ""
+        )
         raise UserError(
             f"refusing to load {path}: it needs arbitrary unpickling, which could run code "
             f"({why.strip()[:200]}). Checkpoints of latent_diffusion.train hold only tensors and "
@@ -53,11 +55,15 @@ def load_checkpoint(path, map_location="cpu", lightning: bool = True) -> dict:
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         raise UserError(
-            f"{path} is not a readable checkpoint (truncated or corrupt: {str(err).splitlines()[0][:200]}); "
+            f"{path} is not a readable checkpoint (truncated or corrupt: "
+            f"{str(err).splitlines()[0][:200]}); "
             f"resume from another .ckpt in {path.parent}, or {_FRESH}"
         ) from None
     if lightning and (not isinstance(ckpt, dict) or "state_dict" not in ckpt):
-        raise UserError(f"{path} is not a Lightning checkpoint (no state_dict); give a .ckpt of latent_diffusion.train")
+        raise UserError(
+            f"{path} is not a Lightning checkpoint (no state_dict); give a .ckpt of "
+            f"latent_diffusion.train"
+        )
     return ckpt
 
 
@@ -126,4 +132,10 @@ def check_signature(ckpt: dict, expected: dict | None, path) -> None:
         )
 
 
-__all__ = ["SIGNATURE_KEY", "check_signature", "load_checkpoint", "run_signature", "signature_differences"]
+__all__ = [
+    "SIGNATURE_KEY",
+    "check_signature",
+    "load_checkpoint",
+    "run_signature",
+    "signature_differences",
+]

@@ -36,9 +36,11 @@ from latent_diffusion.utils.pixels import from_uint8
 log = logging.getLogger(__name__)
 
 
-def domain_scores(classifier, feats, real_ref: torch.Tensor, real_held: torch.Tensor, gen_x: torch.Tensor,
-                  gen_y) -> dict:
-    """FID of generated and of held-out real against the same reference (all the same size), and CAS."""
+def domain_scores(
+    classifier, feats, real_ref: torch.Tensor, real_held: torch.Tensor, gen_x: torch.Tensor, gen_y
+) -> dict:
+    """FID of generated and of held-out real against the same reference (all the same size), and
+    CAS."""
     n = min(len(real_ref), len(real_held), len(gen_x))
     return {
         "eval/fid_domain": fid(feats, real_ref[:n], gen_x[:n]),
@@ -48,9 +50,17 @@ def domain_scores(classifier, feats, real_ref: torch.Tensor, real_held: torch.Te
 
 
 class DomainMetrics(PeriodicSampling):
-    def __init__(self, every_n_steps: int = 2000, n_per_class: int = 32, sampler: str = "ddim",
-                 steps: int | None = None, guidance: float = 2.0, classifier: dict | None = None,
-                 cache_dir: str | None = None, seed: int = 0):
+    def __init__(
+        self,
+        every_n_steps: int = 2000,
+        n_per_class: int = 32,
+        sampler: str = "ddim",
+        steps: int | None = None,
+        guidance: float = 2.0,
+        classifier: dict | None = None,
+        cache_dir: str | None = None,
+        seed: int = 0,
+    ):
         super().__init__(every_n_steps, n_per_class, sampler, steps, guidance, seed)
         self.cfg = ClassifierConfig.make(classifier)
         self.cache_dir = cache_dir
@@ -63,15 +73,19 @@ class DomainMetrics(PeriodicSampling):
         train = stack_split(dm.dataset("train"))
         test = stack_split(dm.dataset("test"))
         self.classifier, meta = load_or_train_domain_classifier(
-            train, test, dm.class_names, dm.fingerprint(), self.cfg, self.cache_dir)
+            train, test, dm.class_names, dm.fingerprint(), self.cfg, self.cache_dir
+        )
         self.feats = DomainFeatures(self.classifier)
         g = torch.Generator().manual_seed(self.seed)
         n = self.n_per_class * len(dm.class_names)
         self.ref = train[0][torch.randperm(len(train[0]), generator=g)[:n]]
         held = torch.cat([stack_split(dm.dataset("val"))[0], test[0]])
         self.held = held[torch.randperm(len(held), generator=g)[:n]]
-        log.info("domain metrics: classifier real test accuracy %.3f, %d images per check",
-                 meta["test_accuracy"], n)
+        log.info(
+            "domain metrics: classifier real test accuracy %.3f, %d images per check",
+            meta["test_accuracy"],
+            n,
+        )
         self._ready = True
 
     def on_fit_start(self, trainer, pl_module) -> None:
@@ -87,7 +101,9 @@ class DomainMetrics(PeriodicSampling):
             with torch.enable_grad():  # training the classifier needs autograd
                 self._setup(trainer)
         x = from_uint8(self.sample_images(pl_module))  # (N, C, H, W) on the 8-bit grid, in [-1, 1]
-        scores = domain_scores(self.classifier, self.feats, self.ref, self.held, x, np.array(self.labels(pl_module)))
+        scores = domain_scores(
+            self.classifier, self.feats, self.ref, self.held, x, np.array(self.labels(pl_module))
+        )
         for logger in trainer.loggers:
             logger.log_metrics(scores, step=step)
         log.info("step %d: %s", step, {k_: round(v, 4) for k_, v in scores.items()})

@@ -35,7 +35,7 @@ KID_MAX_SUBSET = 1000
 
 def _feed(metric, x: torch.Tensor, real: bool, batch_size: int = 256) -> None:
     for i in range(0, len(x), batch_size):
-        metric.update(x[i:i + batch_size], real=real)
+        metric.update(x[i : i + batch_size], real=real)
 
 
 def fid(features: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor) -> float:
@@ -48,13 +48,22 @@ def fid(features: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor) -> fl
     return float(m.compute())
 
 
-def kid(features: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor, subsets: int = 50,
-        seed: int = 0) -> tuple[float, float]:
+def kid(
+    features: torch.nn.Module,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    subsets: int = 50,
+    seed: int = 0,
+) -> tuple[float, float]:
     """(mean, std) of KID over `subsets` random subsets of min(1000, n) images."""
     n = min(len(real), len(fake))
-    with warnings.catch_warnings():  # "will save all extracted features": a few hundred x F floats here
+    with (
+        warnings.catch_warnings()
+    ):  # "will save all extracted features": a few hundred x F floats here
         warnings.simplefilter("ignore", UserWarning)
-        m = KernelInceptionDistance(feature=features, subsets=subsets, subset_size=min(KID_MAX_SUBSET, n))
+        m = KernelInceptionDistance(
+            feature=features, subsets=subsets, subset_size=min(KID_MAX_SUBSET, n)
+        )
     _feed(m, real, True)
     _feed(m, fake, False)
     with torch.random.fork_rng():  # torchmetrics draws the subsets from the global generator
@@ -64,7 +73,8 @@ def kid(features: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor, subse
 
 
 def knn_radii(feats: torch.Tensor, k: int = 3) -> torch.Tensor:
-    """(N,) distance from each feature to its k-th nearest neighbour in the same set (itself excluded)."""
+    """(N,) distance from each feature to its k-th nearest neighbour in the same set (itself
+    excluded)."""
     d = torch.cdist(feats.double(), feats.double())  # (N, N)
     return d.kthvalue(k + 1, dim=1).values  # k + 1: the 0 distance to itself is the first
 
@@ -75,19 +85,37 @@ def manifold_coverage(support: torch.Tensor, radii: torch.Tensor, queries: torch
     return float((d <= radii[None, :]).any(dim=1).double().mean())
 
 
-def precision_recall(real_feats: torch.Tensor, fake_feats: torch.Tensor, k: int = 3) -> tuple[float, float]:
+def precision_recall(
+    real_feats: torch.Tensor, fake_feats: torch.Tensor, k: int = 3
+) -> tuple[float, float]:
     """Kynkaanniemi et al. 2019 improved precision and recall with k-NN manifolds."""
     precision = manifold_coverage(real_feats, knn_radii(real_feats, k), fake_feats)
     recall = manifold_coverage(fake_feats, knn_radii(fake_feats, k), real_feats)
     return precision, recall
 
 
-def compare(features: torch.nn.Module, reference: torch.Tensor, candidate: torch.Tensor, k: int = 3,
-            kid_subsets: int = 50, seed: int = 0) -> dict:
+def compare(
+    features: torch.nn.Module,
+    reference: torch.Tensor,
+    candidate: torch.Tensor,
+    k: int = 3,
+    kid_subsets: int = 50,
+    seed: int = 0,
+) -> dict:
     """All distances between one reference set and one candidate set of the same size."""
     if len(reference) != len(candidate):
-        raise ValueError(f"sizes differ ({len(reference)} vs {len(candidate)}): distances need matched sizes")
+        raise ValueError(
+            f"sizes differ ({len(reference)} vs {len(candidate)}): distances need matched sizes"
+        )
     kid_mean, kid_std = kid(features, reference, candidate, kid_subsets, seed)
-    p, r = precision_recall(extract_features(features, reference), extract_features(features, candidate), k)
-    return {"fid": fid(features, reference, candidate), "kid": kid_mean, "kid_std": kid_std,
-            "precision": p, "recall": r, "n": len(candidate)}
+    p, r = precision_recall(
+        extract_features(features, reference), extract_features(features, candidate), k
+    )
+    return {
+        "fid": fid(features, reference, candidate),
+        "kid": kid_mean,
+        "kid_std": kid_std,
+        "precision": p,
+        "recall": r,
+        "n": len(candidate),
+    }

@@ -39,5 +39,5 @@ class DomainFeatures(nn.Module):
 @torch.no_grad()
 def extract_features(module: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """(N, C, H, W) -> (N, F) float32, in batches."""
-    out = [module(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    out = [module(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
     return torch.cat(out).float() if out else torch.zeros(0, getattr(module, "num_features", 0))

@@ -34,7 +34,13 @@ import numpy as np
 from scipy.stats import wasserstein_distance
 
 STATS = ("max_doppler", "min_doppler", "torso", "bandwidth", "cadence")
-UNITS = {"max_doppler": "m/s", "min_doppler": "m/s", "torso": "m/s", "bandwidth": "m/s", "cadence": "Hz"}
+UNITS = {
+    "max_doppler": "m/s",
+    "min_doppler": "m/s",
+    "torso": "m/s",
+    "bandwidth": "m/s",
+    "cadence": "Hz",
+}
 
 
 def velocity_axis(h: int, v_max: float) -> np.ndarray:
@@ -43,9 +49,15 @@ def velocity_axis(h: int, v_max: float) -> np.ndarray:
     return v_max - dv * (np.arange(h) + 0.5)
 
 
-def envelopes(unit: np.ndarray, v_max: float = 8.0, dynamic_range_db: float = 45.0,
-              margin_db: float = 11.0, clutter_band: float = 0.3):
-    """unit (N, H, W) in [0, 1] -> upper, lower, centroid, each (N, W) in m/s (NaN = empty column)."""
+def envelopes(
+    unit: np.ndarray,
+    v_max: float = 8.0,
+    dynamic_range_db: float = 45.0,
+    margin_db: float = 11.0,
+    clutter_band: float = 0.3,
+):
+    """unit (N, H, W) in [0, 1] -> upper, lower, centroid, each (N, W) in m/s (NaN = empty
+    column)."""
     n, h, w = unit.shape
     v = velocity_axis(h, v_max)  # (H,)
     # The noise floor is the median pixel of each image: most of a spectrogram is noise.
@@ -62,12 +74,19 @@ def envelopes(unit: np.ndarray, v_max: float = 8.0, dynamic_range_db: float = 45
     # mean, as in the power-weighted centroid of Chen ch. 5; limbs only nudge it.
     wgt = np.where(mask, 10.0 ** (above * dynamic_range_db / 10) - 1, 0.0) * band  # (N, H, W)
     tot = wgt.sum(axis=1)  # (N, W)
-    centroid = np.where(tot > 1e-6, (wgt * v[None, :, None]).sum(axis=1) / np.maximum(tot, 1e-12), np.nan)
+    centroid = np.where(
+        tot > 1e-6, (wgt * v[None, :, None]).sum(axis=1) / np.maximum(tot, 1e-12), np.nan
+    )
     return upper, lower, centroid
 
 
-def cadence_hz(series: np.ndarray, duration_s: float, min_period_s: float = 0.25,
-               max_period_s: float = 2.5, min_corr: float = 0.2) -> float:
+def cadence_hz(
+    series: np.ndarray,
+    duration_s: float,
+    min_period_s: float = 0.25,
+    max_period_s: float = 2.5,
+    min_corr: float = 0.2,
+) -> float:
     """Rate of the first autocorrelation peak of a (W,) series within the period range, in Hz."""
     x = np.asarray(series, np.float64)
     ok = np.isfinite(x)
@@ -76,7 +95,7 @@ def cadence_hz(series: np.ndarray, duration_s: float, min_period_s: float = 0.25
     x = np.where(ok, x, np.nanmean(x)) - np.nanmean(x)
     if np.allclose(x, 0):
         return float("nan")
-    ac = np.correlate(x, x, mode="full")[len(x) - 1:]  # (W,) lags 0..W-1
+    ac = np.correlate(x, x, mode="full")[len(x) - 1 :]  # (W,) lags 0..W-1
     ac = ac / ac[0]
     dt = duration_s / len(x)
     lo, hi = max(2, int(np.ceil(min_period_s / dt))), min(len(x) - 2, int(max_period_s / dt))
@@ -86,7 +105,9 @@ def cadence_hz(series: np.ndarray, duration_s: float, min_period_s: float = 0.25
     return float("nan")
 
 
-def kinematic_stats(x, v_max: float = 8.0, dynamic_range_db: float = 45.0, duration_s: float = 4.0) -> dict:
+def kinematic_stats(
+    x, v_max: float = 8.0, dynamic_range_db: float = 45.0, duration_s: float = 4.0
+) -> dict:
     """Images (N, 1, H, W) or (N, H, W) in [-1, 1] -> {stat: (N,) float array}."""
     x = np.asarray(x, np.float32)
     if x.ndim == 4:
@@ -101,7 +122,9 @@ def kinematic_stats(x, v_max: float = 8.0, dynamic_range_db: float = 45.0, durat
             "torso": np.nanmedian(centroid, axis=1),
             "bandwidth": np.nanmedian(upper - lower, axis=1),
         }
-    out["cadence"] = np.array([cadence_hz(u - lo, duration_s) for u, lo in zip(upper, lower, strict=True)])
+    out["cadence"] = np.array(
+        [cadence_hz(u - lo, duration_s) for u, lo in zip(upper, lower, strict=True)]
+    )
     return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
 
@@ -113,8 +136,15 @@ def wasserstein(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(wasserstein_distance(a, b))
 
 
-def kinematic_fidelity(gen_stats: dict, gen_y, real_stats: dict, real_y, class_names,
-                       ref_stats: dict | None = None, ref_y=None) -> dict:
+def kinematic_fidelity(
+    gen_stats: dict,
+    gen_y,
+    real_stats: dict,
+    real_y,
+    class_names,
+    ref_stats: dict | None = None,
+    ref_y=None,
+) -> dict:
     """Per class and statistic: W1(generated, real), and W1(reference real, real) when given,
     plus both sides' means so a reader sees the direction of a mismatch."""
     gen_y, real_y = np.asarray(gen_y), np.asarray(real_y)

@@ -22,9 +22,10 @@ import torch
 
 
 def nn_distances(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 512) -> np.ndarray:
-    """(Q,) Euclidean distance from each row of `queries` (Q, ...) to its nearest row of `bank` (M, ...)."""
+    """(Q,) Euclidean distance from each row of `queries` (Q, ...) to its nearest row of `bank` (M,
+    ...)."""
     q, b = queries.flatten(1).double(), bank.flatten(1).double()
-    out = [torch.cdist(q[i:i + chunk], b).min(dim=1).values for i in range(0, len(q), chunk)]
+    out = [torch.cdist(q[i : i + chunk], b).min(dim=1).values for i in range(0, len(q), chunk)]
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
@@ -38,7 +39,9 @@ def memorisation_score(gen: torch.Tensor, real_test: torch.Tensor, train: torch.
         "ratio": float(np.median(d_gen) / max(np.median(d_real), 1e-12)),
         "real_nn_p1": p1,
         "frac_copies": float((d_gen < p1).mean()),
-        "n_gen": len(d_gen), "n_real": len(d_real), "n_train": len(train),
+        "n_gen": len(d_gen),
+        "n_real": len(d_real),
+        "n_train": len(train),
     }
 
 

@@ -11,8 +11,18 @@ from latent_diffusion.metrics.kinematics import STATS, UNITS
 from latent_diffusion.utils.io import atomic_write_bytes, atomic_write_json
 from latent_diffusion.utils.pixels import png_bytes, to_uint8
 
-COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+COLOURS = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+]
 
 
 def _f(v, nd=3) -> str:
@@ -24,24 +34,43 @@ def _f(v, nd=3) -> str:
 
 def markdown(m: dict) -> str:
     names = m["classes"]
-    L = [f"# Evaluation of `{m['generated']['path']}`", "",
-         f"Real data: {m['real']['n_train']} train / {m['real']['n_val']} val / {m['real']['n_test']} test; "
-         f"generated: {m['generated']['n']} images. Definitions: docs/evaluation.md.", ""]
+    L = [
+        f"# Evaluation of `{m['generated']['path']}`",
+        "",
+        f"Real data: {m['real']['n_train']} train / {m['real']['n_val']} val / "
+        f"{m['real']['n_test']} test; "
+        f"generated: {m['generated']['n']} images. Definitions: docs/evaluation.md.",
+        "",
+    ]
     if "cas" in m:
-        L += ["## Classification (domain classifier)", "",
-              "| | accuracy | macro-F1 |", "|---|---|---|",
-              f"| TRTR (real test) | {_f(m['trtr']['accuracy'])} | {_f(m['trtr']['macro_f1'])} |",
-              f"| CAS (generated) | {_f(m['cas']['accuracy'])} | {_f(m['cas']['macro_f1'])} |"]
+        L += [
+            "## Classification (domain classifier)",
+            "",
+            "| | accuracy | macro-F1 |",
+            "|---|---|---|",
+            f"| TRTR (real test) | {_f(m['trtr']['accuracy'])} | {_f(m['trtr']['macro_f1'])} |",
+            f"| CAS (generated) | {_f(m['cas']['accuracy'])} | {_f(m['cas']['macro_f1'])} |",
+        ]
         if "tstr" in m:
-            L += [f"| TRTR, protocol budget | {_f(m['tstr']['trtr_same_budget'])} | |",
-                  f"| TSTR (train generated, n={m['tstr']['n_train']}) | {_f(m['tstr']['accuracy'])} | "
-                  f"{_f(m['tstr']['macro_f1'])} |"]
-        L += ["", f"CAS / TRTR = {_f(m['cas']['ratio_to_trtr'])}", "",
-              "| class | TRTR acc | CAS acc | CAS F1 |" + (" TSTR acc |" if "tstr" in m else ""),
-              "|---|---|---|---|" + ("---|" if "tstr" in m else "")]
+            L += [
+                f"| TRTR, protocol budget | {_f(m['tstr']['trtr_same_budget'])} | |",
+                f"| TSTR (train generated, n={m['tstr']['n_train']}) | "
+                f"{_f(m['tstr']['accuracy'])} | "
+                f"{_f(m['tstr']['macro_f1'])} |",
+            ]
+        L += [
+            "",
+            f"CAS / TRTR = {_f(m['cas']['ratio_to_trtr'])}",
+            "",
+            "| class | TRTR acc | CAS acc | CAS F1 |" + (" TSTR acc |" if "tstr" in m else ""),
+            "|---|---|---|---|" + ("---|" if "tstr" in m else ""),
+        ]
         for c in names:
-            row = f"| {c} | {_f(m['trtr']['per_class'][c]['accuracy'])} | {_f(m['cas']['per_class'][c]['accuracy'])}" \
-                  f" | {_f(m['cas']['per_class'][c]['f1'])} |"
+            row = (
+                f"| {c} | {_f(m['trtr']['per_class'][c]['accuracy'])} | "
+                f"{_f(m['cas']['per_class'][c]['accuracy'])}"
+                f" | {_f(m['cas']['per_class'][c]['f1'])} |"
+            )
             if "tstr" in m:
                 row += f" {_f(m['tstr']['per_class'][c]['accuracy'])} |"
             L.append(row)
@@ -50,48 +79,99 @@ def markdown(m: dict) -> str:
         L += augmentation_section(m["augmentation"], m.get("generator_data"))
     if "sifting" in m:
         sf = m["sifting"]
-        L += [f"## Sifting: kept {sf['kept']} of {sf['n']} generated images ({sf['settings']})", "",
-              "| class | generated | dropped: kinematics | dropped: confidence | kept |", "|---|---|---|---|---|"]
-        L += [f"| {c} | {r['n']} | {r['dropped_kinematics']} | {r['dropped_confidence']} | {r['kept']} |"
-              for c, r in sf["per_class"].items()]
+        L += [
+            f"## Sifting: kept {sf['kept']} of {sf['n']} generated images ({sf['settings']})",
+            "",
+            "| class | generated | dropped: kinematics | dropped: confidence | kept |",
+            "|---|---|---|---|---|",
+        ]
+        L += [
+            f"| {c} | {r['n']} | {r['dropped_kinematics']} | {r['dropped_confidence']} | "
+            f"{r['kept']} |"
+            for c, r in sf["per_class"].items()
+        ]
         L.append("")
         if "augmentation_sifted" in m:
             sec = augmentation_section(m["augmentation_sifted"], m.get("generator_data"))
             L += ["## Augmentation curve with sifted generated images", *sec[1:]]
     if "distances" in m:
         d = m["distances"]
-        L += [f"## Distances in the domain feature space (n = {d['n']} per set, reference: {d['reference']})", "",
-              "| set | FID | KID | precision | recall |", "|---|---|---|---|---|"]
-        for key, label in (("generated", "generated"), ("real_vs_real", "real vs real"),
-                           ("vae_ceiling", "VAE ceiling")):
+        L += [
+            f"## Distances in the domain feature space (n = {d['n']} per set, reference: "
+            f"{d['reference']})",
+            "",
+            "| set | FID | KID | precision | recall |",
+            "|---|---|---|---|---|",
+        ]
+        for key, label in (
+            ("generated", "generated"),
+            ("real_vs_real", "real vs real"),
+            ("vae_ceiling", "VAE ceiling"),
+        ):
             if key in d["overall"]:
                 r = d["overall"][key]
-                L.append(f"| {label} | {_f(r['fid'], 2)} | {_f(r['kid'], 4)} +- {_f(r['kid_std'], 4)} | "
-                         f"{_f(r['precision'])} | {_f(r['recall'])} |")
-        L += ["", "| class | n | FID generated | FID real vs real | FID VAE ceiling |", "|---|---|---|---|---|"]
+                L.append(
+                    f"| {label} | {_f(r['fid'], 2)} | {_f(r['kid'], 4)} +- {_f(r['kid_std'], 4)} | "
+                    f"{_f(r['precision'])} | {_f(r['recall'])} |"
+                )
+        L += [
+            "",
+            "| class | n | FID generated | FID real vs real | FID VAE ceiling |",
+            "|---|---|---|---|---|",
+        ]
         for c, r in d["per_class_fid"].items():
-            L.append(f"| {c} | {r['n']} | {_f(r.get('generated'), 2)} | {_f(r.get('real_vs_real'), 2)} | "
-                     f"{_f(r.get('vae_ceiling'), 2)} |")
+            L.append(
+                f"| {c} | {r['n']} | {_f(r.get('generated'), 2)} | {_f(r.get('real_vs_real'), 2)} "
+                f"| "
+                f"{_f(r.get('vae_ceiling'), 2)} |"
+            )
         L.append("")
     if "kinematics" in m:
-        L += ["## Kinematic fidelity: Wasserstein-1, generated vs real train (real held-out vs real train)", "",
-              "| class | " + " | ".join(f"{s} ({UNITS[s]})" for s in STATS) + " |", "|---|" + "---|" * len(STATS)]
+        L += [
+            "## Kinematic fidelity: Wasserstein-1, generated vs real train (real held-out vs real "
+            "train)",
+            "",
+            "| class | " + " | ".join(f"{s} ({UNITS[s]})" for s in STATS) + " |",
+            "|---|" + "---|" * len(STATS),
+        ]
         for c, row in m["kinematics"]["per_class"].items():
-            L.append(f"| {c} | " + " | ".join(
-                f"{_f(row[s]['w1'], 2)} ({_f(row[s].get('w1_real_vs_real'), 2)})" for s in STATS) + " |")
-        L += ["", "Means, generated / real:", "",
-              "| class | " + " | ".join(STATS) + " |", "|---|" + "---|" * len(STATS)]
+            L.append(
+                f"| {c} | "
+                + " | ".join(
+                    f"{_f(row[s]['w1'], 2)} ({_f(row[s].get('w1_real_vs_real'), 2)})" for s in STATS
+                )
+                + " |"
+            )
+        L += [
+            "",
+            "Means, generated / real:",
+            "",
+            "| class | " + " | ".join(STATS) + " |",
+            "|---|" + "---|" * len(STATS),
+        ]
         for c, row in m["kinematics"]["per_class"].items():
-            L.append(f"| {c} | " + " | ".join(
-                f"{_f(row[s]['gen_mean'], 2)} / {_f(row[s]['real_mean'], 2)}" for s in STATS) + " |")
+            L.append(
+                f"| {c} | "
+                + " | ".join(
+                    f"{_f(row[s]['gen_mean'], 2)} / {_f(row[s]['real_mean'], 2)}" for s in STATS
+                )
+                + " |"
+            )
         L.append("")
     if "memorisation" in m:
-        L += ["## Memorisation (nearest training image)", "",
-              "| space | median NN generated | median NN real test | ratio | share closer than real 1st pct |",
-              "|---|---|---|---|---|"]
+        L += [
+            "## Memorisation (nearest training image)",
+            "",
+            "| space | median NN generated | median NN real test | ratio | share closer than real "
+            "1st pct |",
+            "|---|---|---|---|---|",
+        ]
         for space, r in m["memorisation"].items():
-            L.append(f"| {space} | {_f(r['gen_nn_median'])} | {_f(r['real_nn_median'])} | {_f(r['ratio'])} | "
-                     f"{_f(r['frac_copies'])} |")
+            L.append(
+                f"| {space} | {_f(r['gen_nn_median'])} | {_f(r['real_nn_median'])} | "
+                f"{_f(r['ratio'])} | "
+                f"{_f(r['frac_copies'])} |"
+            )
         L.append("")
     L.append(f"Evaluated in {m['seconds']} s.")
     return "\n".join(L) + "\n"
@@ -104,28 +184,56 @@ def augmentation_section(curve: dict, gen: dict | None) -> list[str]:
     arms = list(next(iter(curve.values()))["accuracy"])
     L = ["## Augmentation curve (real test accuracy, mean +- std over seeds)", ""]
     if gen and gen.get("known"):
-        L += [f"The generator trained on {gen['n']} real training images (data.fraction={gen['fraction']:g}, "
-              f"fraction_seed={gen['seed']}, file-list fingerprint {gen['fingerprint']}; VAE trained on "
-              f"{gen.get('vae_data')}). The classifiers it augments at that fraction train on exactly "
-              "these images.", ""]
+        L += [
+            f"The generator trained on {gen['n']} real training images "
+            f"(data.fraction={gen['fraction']:g}, "
+            f"fraction_seed={gen['seed']}, file-list fingerprint {gen['fingerprint']}; VAE "
+            f"trained on "
+            f"{gen.get('vae_data')}). The classifiers it augments at that fraction train on "
+            f"exactly "
+            "these images.",
+            "",
+        ]
     else:
-        L += ["The generator's training data is unknown: it is taken to have seen the whole real training "
-              "split.", ""]
+        L += [
+            "The generator's training data is unknown: it is taken to have seen the whole real "
+            "training "
+            "split.",
+            "",
+        ]
     if any(r.get("leak", {}).get("leaky") for r in curve.values()):
-        L += ["**LEAKY rows**: the generator saw real images the augmented classifier did not, so its synthetic "
-              "images carry information from outside the classifier's data; their gain is an upper bound, not "
-              "a result. Train the generator with data.fraction=F for a leak-free row.", ""]
-    L += ["| real fraction | " + " | ".join(arm_label(a) for a in arms) + " | leak |",
-          "|---|" + "---|" * (len(arms) + 1)]
+        L += [
+            "**LEAKY rows**: the generator saw real images the augmented classifier did not, so "
+            "its synthetic "
+            "images carry information from outside the classifier's data; their gain is an upper "
+            "bound, not "
+            "a result. Train the generator with data.fraction=F for a leak-free row.",
+            "",
+        ]
+    L += [
+        "| real fraction | " + " | ".join(arm_label(a) for a in arms) + " | leak |",
+        "|---|" + "---|" * (len(arms) + 1),
+    ]
     for f, row in curve.items():
         leak = row.get("leak", {})
         tag = f"LEAKY (+{leak['generator_saw_extra']} images)" if leak.get("leaky") else "none"
-        L.append(f"| {float(f):.0%} | " + " | ".join(
-            f"{_f(row['accuracy'][a]['mean'])} +- {_f(row['accuracy'][a]['std'])}" for a in arms) + f" | {tag} |")
+        L.append(
+            f"| {float(f):.0%} | "
+            + " | ".join(
+                f"{_f(row['accuracy'][a]['mean'])} +- {_f(row['accuracy'][a]['std'])}" for a in arms
+            )
+            + f" | {tag} |"
+        )
     paired = [a for a in arms if a != "0"]
     if paired and "paired" in next(iter(curve.values())):
-        L += ["", "Paired difference to real only (same subset and classifier seed), mean [95% interval]:", "",
-              "| real fraction | " + " | ".join(arm_label(a) for a in paired) + " |", "|---|" + "---|" * len(paired)]
+        L += [
+            "",
+            "Paired difference to real only (same subset and classifier seed), mean [95% "
+            "interval]:",
+            "",
+            "| real fraction | " + " | ".join(arm_label(a) for a in paired) + " |",
+            "|---|" + "---|" * len(paired),
+        ]
         for f, row in curve.items():
             cells = []
             for a in paired:
@@ -167,7 +275,9 @@ def augmentation_plot(curve: dict) -> Image.Image:
         d.text((px(f) - 10, y1 + 6), f"{f:.0%}", fill="black")
     for j, mult in enumerate(mults):
         col = COLOURS[j % len(COLOURS)]
-        pts = [(px(f), py(curve[k]["accuracy"][mult]["mean"])) for k, f in zip(curve, fr, strict=True)]
+        pts = [
+            (px(f), py(curve[k]["accuracy"][mult]["mean"])) for k, f in zip(curve, fr, strict=True)
+        ]
         d.line(pts, fill=col, width=2)
         for (x, _), k in zip(pts, curve, strict=True):
             mu, sd = curve[k]["accuracy"][mult]["mean"], curve[k]["accuracy"][mult]["std"]
@@ -190,10 +300,25 @@ def confusion_plot(cm, names, title: str) -> Image.Image:
         for j in range(k):
             v = norm[i, j]
             shade = int(255 * (1 - v))
-            d.rectangle([left + j * cell, top + i * cell, left + (j + 1) * cell - 1, top + (i + 1) * cell - 1],
-                        fill=(shade, shade, 255))
-            d.text((left + j * cell + 8, top + i * cell + 14), f"{v:.2f}", fill="black" if v < 0.5 else "white")
-    d.text((left, top + k * cell + 40), "rows: class generated for / true; columns: predicted", fill="black")
+            d.rectangle(
+                [
+                    left + j * cell,
+                    top + i * cell,
+                    left + (j + 1) * cell - 1,
+                    top + (i + 1) * cell - 1,
+                ],
+                fill=(shade, shade, 255),
+            )
+            d.text(
+                (left + j * cell + 8, top + i * cell + 14),
+                f"{v:.2f}",
+                fill="black" if v < 0.5 else "white",
+            )
+    d.text(
+        (left, top + k * cell + 40),
+        "rows: class generated for / true; columns: predicted",
+        fill="black",
+    )
     return img
 
 
@@ -211,7 +336,10 @@ def kinematics_plot(gen: tuple, real: tuple, names, bins: int = 16) -> Image.Ima
         for i, _ in enumerate(names):
             x0, y0 = left + j * cw + 4, top + i * ch
             d.rectangle([x0, y0, x0 + cw - 8, y0 + ch - 6], outline=(200, 200, 200))
-            for vals, col, off in ((rs[s][ry == i], COLOURS[0], 0), (gs[s][gy == i], COLOURS[1], 1)):
+            for vals, col, off in (
+                (rs[s][ry == i], COLOURS[0], 0),
+                (gs[s][gy == i], COLOURS[1], 1),
+            ):
                 vals = vals[np.isfinite(vals)]
                 if vals.size == 0:
                     continue
@@ -220,7 +348,9 @@ def kinematics_plot(gen: tuple, real: tuple, names, bins: int = 16) -> Image.Ima
                 bw = (cw - 8) / bins
                 for b, v in enumerate(h):
                     xa = x0 + b * bw + off * bw / 2
-                    d.rectangle([xa, y0 + ch - 6 - v * (ch - 10), xa + bw / 2 - 1, y0 + ch - 6], fill=col)
+                    d.rectangle(
+                        [xa, y0 + ch - 6 - v * (ch - 10), xa + bw / 2 - 1, y0 + ch - 6], fill=col
+                    )
     for i, c in enumerate(names):
         d.text((4, top + i * ch + ch // 2 - 6), c[:10], fill="black")
     return img
@@ -241,8 +371,11 @@ def sample_grid(real: tuple, gen: tuple, names, per_class: int = 6) -> Image.Ima
         for side, (x, lab) in enumerate(((rx, ry), (gx, gy))):
             idx = np.flatnonzero(np.asarray(lab) == i)[:per_class]
             for j, k in enumerate(idx):
-                u8 = to_uint8(x[k:k + 1])[0, ..., 0]  # (H, W)
-                img.paste(Image.fromarray(u8, mode="L"), (left + (j + side * (per_class + 1)) * (s + pad), y))
+                u8 = to_uint8(x[k : k + 1])[0, ..., 0]  # (H, W)
+                img.paste(
+                    Image.fromarray(u8, mode="L"),
+                    (left + (j + side * (per_class + 1)) * (s + pad), y),
+                )
     return img
 
 
@@ -260,12 +393,20 @@ def write_report(m: dict, out_dir) -> Path:
     if "augmentation" in m:
         figs["augmentation_curve.png"] = augmentation_plot(m["augmentation"])
     if "cas" in m:
-        figs["confusion_cas.png"] = confusion_plot(m["cas"]["confusion"], names, "CAS: real-trained classifier on generated")
-        figs["confusion_trtr.png"] = confusion_plot(m["trtr"]["confusion"], names, "TRTR: real-trained classifier on real test")
+        figs["confusion_cas.png"] = confusion_plot(
+            m["cas"]["confusion"], names, "CAS: real-trained classifier on generated"
+        )
+        figs["confusion_trtr.png"] = confusion_plot(
+            m["trtr"]["confusion"], names, "TRTR: real-trained classifier on real test"
+        )
     if "kinematics" in arrays:
-        figs["kinematics.png"] = kinematics_plot(arrays["kinematics"]["gen"], arrays["kinematics"]["real"], names)
+        figs["kinematics.png"] = kinematics_plot(
+            arrays["kinematics"]["gen"], arrays["kinematics"]["real"], names
+        )
     if "images" in arrays:
-        figs["samples_real_vs_generated.png"] = sample_grid(arrays["images"]["real"], arrays["images"]["gen"], names)
+        figs["samples_real_vs_generated.png"] = sample_grid(
+            arrays["images"]["real"], arrays["images"]["gen"], names
+        )
     for name, fig in figs.items():
         atomic_write_bytes(out / name, png_bytes(fig))
     return out

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 
 def class_ranges(stats: dict, y: np.ndarray, k: int, margin: float) -> dict:
-    """{stat: (K, 2) [lo, hi]} over the finite values of each class, widened by margin x (hi - lo)."""
+    """{stat: (K, 2) [lo, hi]} over the finite values of each class, widened by margin x (hi -
+    lo)."""
     out = {}
     for s in STATS:
         r = np.full((k, 2), np.nan)
@@ -42,16 +43,31 @@ def class_ranges(stats: dict, y: np.ndarray, k: int, margin: float) -> dict:
 
 
 @torch.no_grad()
-def own_class_confidence(model, x: torch.Tensor, y: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def own_class_confidence(
+    model, x: torch.Tensor, y: np.ndarray, batch_size: int = 256
+) -> np.ndarray:
     """(N,) softmax probability the classifier gives each image's own class."""
     model.eval()
-    p = torch.cat([model(x[i:i + batch_size].float()).softmax(1) for i in range(0, len(x), batch_size)])
+    p = torch.cat(
+        [model(x[i : i + batch_size].float()).softmax(1) for i in range(0, len(x), batch_size)]
+    )
     return p[torch.arange(len(y)), torch.as_tensor(y)].numpy()
 
 
-def sift(gen_x: torch.Tensor, gen_y, real_x: torch.Tensor, real_y, class_names, kin_params: dict,
-         model=None, kinematics: bool = True, margin: float = 0.1, min_confidence: float | None = 0.5):
-    """-> (keep (N,) bool, report {"per_class": {c: {n, dropped_kinematics, dropped_confidence, kept}},
+def sift(
+    gen_x: torch.Tensor,
+    gen_y,
+    real_x: torch.Tensor,
+    real_y,
+    class_names,
+    kin_params: dict,
+    model=None,
+    kinematics: bool = True,
+    margin: float = 0.1,
+    min_confidence: float | None = 0.5,
+):
+    """-> (keep (N,) bool, report {"per_class": {c: {n, dropped_kinematics, dropped_confidence,
+    kept}},
     "settings"}). A sample failing both tests counts under kinematics."""
     gen_y, real_y = np.asarray(gen_y), np.asarray(real_y)
     k = len(class_names)
@@ -72,12 +88,29 @@ def sift(gen_x: torch.Tensor, gen_y, real_x: torch.Tensor, real_y, class_names, 
     per = {}
     for c, name in enumerate(class_names):
         m = gen_y == c
-        per[name] = {"n": int(m.sum()), "dropped_kinematics": int((m & bad_kin).sum()),
-                     "dropped_confidence": int((m & bad_conf & ~bad_kin).sum()), "kept": int((m & keep).sum())}
+        per[name] = {
+            "n": int(m.sum()),
+            "dropped_kinematics": int((m & bad_kin).sum()),
+            "dropped_confidence": int((m & bad_conf & ~bad_kin).sum()),
+            "kept": int((m & keep).sum()),
+        }
         if per[name]["n"] and not per[name]["kept"]:
-            log.warning("sifting dropped every generated '%s' image (%d): the generator does not produce this "
-                        "class plausibly", name, per[name]["n"])
-    log.info("sifting kept %d of %d generated images: %s", int(keep.sum()), len(keep),
-             ", ".join(f"{c} {v['kept']}/{v['n']}" for c, v in per.items()))
-    return keep, {"per_class": per, "kept": int(keep.sum()), "n": len(keep),
-                  "settings": {"kinematics": kinematics, "margin": margin, "min_confidence": min_confidence}}
+            log.warning(
+                "sifting dropped every generated '%s' image (%d): the generator does not produce "
+                "this "
+                "class plausibly",
+                name,
+                per[name]["n"],
+            )
+    log.info(
+        "sifting kept %d of %d generated images: %s",
+        int(keep.sum()),
+        len(keep),
+        ", ".join(f"{c} {v['kept']}/{v['n']}" for c, v in per.items()),
+    )
+    return keep, {
+        "per_class": per,
+        "kept": int(keep.sum()),
+        "n": len(keep),
+        "settings": {"kinematics": kinematics, "margin": margin, "min_confidence": min_confidence},
+    }

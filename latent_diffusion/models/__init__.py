@@ -1,4 +1,5 @@
-"""Denoiser factories: ADM-style UNet (diffusers UNet2DModel) and DiT (diffusers DiTTransformer2DModel).
+"""Denoiser factories: ADM-style UNet (diffusers UNet2DModel) and DiT (diffusers
+DiTTransformer2DModel).
 
 Every denoiser has the same call: `model(x (B,C,H,W), t (B,) long, y (B,) long | None)
 -> (B, C_out, H, W)`, C_out = 2C with a learned variance. Each owns its null class
@@ -28,25 +29,49 @@ from latent_diffusion.utils.errors import UserError
 MODELS: dict[str, dict[str, Any]] = {
     # CPU smoke tests and CI, 4x16x16 latents: one level of attention at 8x8.
     "tiny": dict(
-        arch="adm_unet", base_channels=32, channel_mult=(1, 2), num_res_blocks=1,
-        attention_resolutions=(8,), head_dim=32, dropout=0.0, p_uncond=0.1,
+        arch="adm_unet",
+        base_channels=32,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(8,),
+        head_dim=32,
+        dropout=0.0,
+        p_uncond=0.1,
     ),
     # The user's microdoppler_small, 4x16x16 latents (64x64 spectrograms).
     "small": dict(
-        arch="adm_unet", base_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2,
-        attention_resolutions=(8, 4), head_dim=64, dropout=0.1, p_uncond=0.1,
+        arch="adm_unet",
+        base_channels=64,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=2,
+        attention_resolutions=(8, 4),
+        head_dim=64,
+        dropout=0.1,
+        p_uncond=0.1,
     ),
     # GPU scale, 4x32x32 latents (128x128 spectrograms): ADM-64's widths.
     "base": dict(
-        arch="adm_unet", base_channels=192, channel_mult=(1, 2, 3, 4), num_res_blocks=3,
-        attention_resolutions=(16, 8, 4), head_dim=64, dropout=0.1, p_uncond=0.1,
+        arch="adm_unet",
+        base_channels=192,
+        channel_mult=(1, 2, 3, 4),
+        num_res_blocks=3,
+        attention_resolutions=(16, 8, 4),
+        head_dim=64,
+        dropout=0.1,
+        p_uncond=0.1,
     ),
     # DiT-S/2 (Peebles & Xie 2023): the transformer alternative, ~35M parameters.
     "dit_s": dict(
-        arch="dit", hidden_size=384, depth=12, head_dim=64, patch_size=2, dropout=0.0,
+        arch="dit",
+        hidden_size=384,
+        depth=12,
+        head_dim=64,
+        patch_size=2,
+        dropout=0.0,
         p_uncond=0.1,
     ),
 }
+
 
 def build_denoiser(
     arch: str = "adm_unet",
@@ -59,13 +84,16 @@ def build_denoiser(
 ) -> nn.Module:
     """Hydra target of conf/model/*.yaml. `name` only labels the size in logs."""
     given = dict(
-        in_channels=in_channels, num_classes=num_classes, sample_size=sample_size,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        sample_size=sample_size,
         learn_sigma=learn_sigma,
     )
     missing = [k for k, v in given.items() if v is None]
     if missing:
         raise UserError(
-            f"model config{f' {name!r}' if name else ''}: {', '.join('model.' + k for k in missing)} "
+            f"model config{f' {name!r}' if name else ''}: "
+            f"{', '.join('model.' + k for k in missing)} "
             f"not set; the training code fills them from the VAE, data and diffusion configs, "
             f"or pass them as overrides (e.g. model.in_channels=4)"
         )
@@ -86,6 +114,11 @@ def create_model(size: str, **kwargs: Any) -> nn.Module:
 
 
 __all__ = [
-    "ADMUNet", "ConditionalDenoiser", "LabelDropout", "drop_labels", "MODELS",
-    "build_denoiser", "create_model",
+    "ADMUNet",
+    "ConditionalDenoiser",
+    "LabelDropout",
+    "drop_labels",
+    "MODELS",
+    "build_denoiser",
+    "create_model",
 ]

@@ -45,8 +45,10 @@ def find_classifier(path) -> Path:
     for cand in (p, p / "classifier"):
         if (cand / "classifier.json").is_file():
             return cand
-    raise UserError(f"classifier={path}: no classifier.json there or in {p / 'classifier'}; point it at a "
-                    "`python -m latent_diffusion.train_classifier` run folder or its classifier/ folder")
+    raise UserError(
+        f"classifier={path}: no classifier.json there or in {p / 'classifier'}; point it at a "
+        "`python -m latent_diffusion.train_classifier` run folder or its classifier/ folder"
+    )
 
 
 def load_classifier(path, device="cpu"):
@@ -56,20 +58,37 @@ def load_classifier(path, device="cpu"):
     model = build_classifier(**meta["classifier"])
     weights = folder / "classifier.safetensors"
     if not weights.is_file():
-        raise UserError(f"{weights} is missing: the classifier export is incomplete; rerun train_classifier")
+        raise UserError(
+            f"{weights} is missing: the classifier export is incomplete; rerun train_classifier"
+        )
     try:
         model.load_state_dict(load_file(str(weights)))
     except RuntimeError as err:
-        raise UserError(f"{weights} does not match {folder / 'classifier.json'} ({str(err).splitlines()[0][:160]}): "
-                        "the export was changed by hand; rerun train_classifier") from None
+        raise UserError(
+            f"{weights} does not match {folder / 'classifier.json'} "
+            f"({str(err).splitlines()[0][:160]}): "
+            "the export was changed by hand; rerun train_classifier"
+        ) from None
     return model.eval().requires_grad_(False).to(device), meta
 
 
-def classifier_meta(class_names, latent_shape, image_size: int, diffusion_cfg: dict, vae_ref: dict | None,
-                    **provenance) -> dict:
+def classifier_meta(
+    class_names,
+    latent_shape,
+    image_size: int,
+    diffusion_cfg: dict,
+    vae_ref: dict | None,
+    **provenance,
+) -> dict:
     """What classifier.json records beside the weights (see the module doc)."""
-    return {"class_names": list(class_names), "latent_shape": list(latent_shape), "image_size": int(image_size),
-            "diffusion": {k: diffusion_cfg.get(k) for k in SCHEDULE_KEYS}, "vae": vae_ref, **provenance}
+    return {
+        "class_names": list(class_names),
+        "latent_shape": list(latent_shape),
+        "image_size": int(image_size),
+        "diffusion": {k: diffusion_cfg.get(k) for k in SCHEDULE_KEYS},
+        "vae": vae_ref,
+        **provenance,
+    }
 
 
 def differences(classifier_meta: dict, export_meta: dict) -> list[str]:
@@ -82,7 +101,9 @@ def differences(classifier_meta: dict, export_meta: dict) -> list[str]:
         diffs.append(f"latent shape {c['latent_shape']} vs the denoiser's {e['latent_shape']}")
     cv, ev = c.get("vae") or {}, e.get("vae") or {}
     if cv.get("weights_hash") != ev.get("weights_hash"):
-        diffs.append(f"VAE weights {cv.get('weights_hash')} vs the denoiser's {ev.get('weights_hash')}")
+        diffs.append(
+            f"VAE weights {cv.get('weights_hash')} vs the denoiser's {ev.get('weights_hash')}"
+        )
     elif cv.get("latent_stats") != ev.get("latent_stats"):
         diffs.append("latent statistics (shift/scale) differ from the denoiser's")
     ed = e.get("diffusion") or {}
@@ -98,7 +119,6 @@ def check_fits(classifier_meta: dict, export_meta: dict, classifier_path, export
         raise UserError(
             f"classifier={classifier_path} was not trained for the denoiser at {export_path}: "
             + "; ".join(diffs)
-            + ". Train one on the same data, VAE and schedule: python -m latent_diffusion.train_classifier "
-              f"denoiser_run={export_path}"
+            + ". Train one on the same data, VAE and schedule: "
+            f"python -m latent_diffusion.train_classifier denoiser_run={export_path}"
         )
-

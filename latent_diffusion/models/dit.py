@@ -47,9 +47,16 @@ class DiT(ConditionalDenoiser):
         super().__init__()
         # Everything build_denoiser needs to rebuild this architecture (exports, `sample`).
         self.denoiser_config = dict(
-            arch="dit", in_channels=in_channels, num_classes=num_classes,
-            sample_size=sample_size, learn_sigma=learn_sigma, hidden_size=hidden_size,
-            depth=depth, head_dim=head_dim, patch_size=patch_size, dropout=dropout,
+            arch="dit",
+            in_channels=in_channels,
+            num_classes=num_classes,
+            sample_size=sample_size,
+            learn_sigma=learn_sigma,
+            hidden_size=hidden_size,
+            depth=depth,
+            head_dim=head_dim,
+            patch_size=patch_size,
+            dropout=dropout,
             p_uncond=p_uncond,
         )
         if hidden_size % head_dim:

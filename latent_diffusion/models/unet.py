@@ -120,7 +120,8 @@ def _check_geometry(
         if ch % norm_groups:
             raise UserError(
                 f"model.base_channels*channel_mult[{level}]={ch} is not divisible by the "
-                f"{norm_groups} GroupNorm groups; choose base_channels as a multiple of {norm_groups}"
+                f"{norm_groups} GroupNorm groups; choose base_channels as a multiple of "
+                f"{norm_groups}"
             )
         # The middle block (at the last level) always has attention, like ADM's.
         needs_heads = attn[level] or level == len(channel_mult) - 1
@@ -141,7 +142,9 @@ class ConditionalDenoiser(nn.Module):
     class, the null class as label num_classes, the label drop (training mode only), and
     the channel bookkeeping the export reads back (in / out channels, learn_sigma)."""
 
-    def _init_conditioning(self, in_channels: int, num_classes: int, learn_sigma: bool, p_uncond: float):
+    def _init_conditioning(
+        self, in_channels: int, num_classes: int, learn_sigma: bool, p_uncond: float
+    ):
         self.in_channels = in_channels
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         self.num_classes = num_classes
@@ -194,11 +197,19 @@ class ADMUNet(ConditionalDenoiser):
         channel_mult = tuple(int(m) for m in channel_mult)
         # Everything build_denoiser needs to rebuild this architecture (exports, `sample`).
         self.denoiser_config = dict(
-            arch="adm_unet", in_channels=in_channels, num_classes=num_classes,
-            sample_size=sample_size, learn_sigma=learn_sigma, base_channels=base_channels,
-            channel_mult=list(channel_mult), num_res_blocks=num_res_blocks,
-            attention_resolutions=[int(r) for r in attention_resolutions], head_dim=head_dim,
-            dropout=dropout, p_uncond=p_uncond, norm_groups=norm_groups,
+            arch="adm_unet",
+            in_channels=in_channels,
+            num_classes=num_classes,
+            sample_size=sample_size,
+            learn_sigma=learn_sigma,
+            base_channels=base_channels,
+            channel_mult=list(channel_mult),
+            num_res_blocks=num_res_blocks,
+            attention_resolutions=[int(r) for r in attention_resolutions],
+            head_dim=head_dim,
+            dropout=dropout,
+            p_uncond=p_uncond,
+            norm_groups=norm_groups,
         )
         attn = attention_levels(sample_size, channel_mult, attention_resolutions)
         _check_geometry(sample_size, base_channels, channel_mult, attn, head_dim, norm_groups)
@@ -258,7 +269,9 @@ class ADMUNet(ConditionalDenoiser):
     ) -> torch.Tensor:
         """x: (B, C, H, W) noisy latents; t: (B,) long in [0, T) (float when the diffusion
         rescales timesteps); y: (B,) long in [0, num_classes] or None (= null class)."""
-        y = self.conditioning_labels(y, x.shape[0], x.device)  # (B,), null with prob p_uncond in training
+        y = self.conditioning_labels(
+            y, x.shape[0], x.device
+        )  # (B,), null with prob p_uncond in training
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         out = self.unet(x, t, class_labels=y).sample  # (B, C_out, H, W)

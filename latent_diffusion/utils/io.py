@@ -32,7 +32,10 @@ def is_disk_full(err: BaseException) -> bool:
     if isinstance(err, OSError) and err.errno in _FULL:
         return True
     text = str(err)
-    return any(s in text for s in ("No space left", "os error 28", "Disk quota", "File too large", "os error 27"))
+    return any(
+        s in text
+        for s in ("No space left", "os error 28", "Disk quota", "File too large", "os error 27")
+    )
 
 
 def disk_full_error(path, err: BaseException):

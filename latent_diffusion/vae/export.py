@@ -63,13 +63,14 @@ def reconstruction_metrics(vae: FrozenVAE, dataset: Dataset, batch_size: int = 6
         recs.append(to_unit(vae.decode(vae.encode(x, sample=False))))
         bases.append(to_unit(bicubic_baseline(x, c * h * w)))
     x, r, b = torch.cat(xs), torch.cat(recs), torch.cat(bases)
+    thumb = int(round((c * h * w / x.shape[1]) ** 0.5))  # thumbnail side with the latent's numbers
     return {
         "n_images": len(x),
         "psnr": float(peak_signal_noise_ratio(r, x, data_range=1.0)),
         "ssim": float(structural_similarity_index_measure(r, x, data_range=1.0)),
         "psnr_bicubic_baseline": float(peak_signal_noise_ratio(b, x, data_range=1.0)),
         "ssim_bicubic_baseline": float(structural_similarity_index_measure(b, x, data_range=1.0)),
-        "baseline": f"area-down-sample to {int(round((c * h * w / x.shape[1]) ** 0.5))}^2 + bicubic up",
+        "baseline": f"area-down-sample to {thumb}^2 + bicubic up",
     }
 
 
@@ -96,7 +97,9 @@ def export_vae(
     with atomic_dir(out_dir, overwrite=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         vae = FrozenVAE(model, None, data_channels, vae_weights_hash(tmp), path=None)
-        stats = vae.ensure_stats(train_batches, data_fingerprint, per_channel, min_latents, cache_dir=None)
+        stats = vae.ensure_stats(
+            train_batches, data_fingerprint, per_channel, min_latents, cache_dir=None
+        )
         save_latent_stats(tmp / STATS_FILE, stats)
         metrics = dict(extra_metrics or {})
         if val_dataset is not None and len(val_dataset) > 0:

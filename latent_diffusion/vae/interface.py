@@ -70,7 +70,9 @@ def resolve_vae_folder(path: str | os.PathLike) -> Path:
     config = folder / "config.json"
     if not config.is_file():
         found = sorted(p.name for p in folder.iterdir())[:8]
-        raise UserError(f"{folder} is not a diffusers model folder (no config.json; found {found}); {fix}")
+        raise UserError(
+            f"{folder} is not a diffusers model folder (no config.json; found {found}); {fix}"
+        )
     try:
         cls = json.loads(config.read_text()).get("_class_name")
     except ValueError as err:
@@ -78,7 +80,9 @@ def resolve_vae_folder(path: str | os.PathLike) -> Path:
     if cls != "AutoencoderKL":
         raise UserError(f"{config} describes a {cls}, not an AutoencoderKL; {fix}")
     if not any((folder / w).is_file() for w in WEIGHT_FILES):
-        raise UserError(f"{folder} has a config.json but no weights ({' or '.join(WEIGHT_FILES)}); {fix}")
+        raise UserError(
+            f"{folder} has a config.json but no weights ({' or '.join(WEIGHT_FILES)}); {fix}"
+        )
     return folder
 
 
@@ -147,13 +151,18 @@ class FrozenVAE:
         """
         folder = resolve_vae_folder(path)
         try:
-            model = AutoencoderKL.from_pretrained(folder, low_cpu_mem_usage=False)  # no accelerate: no warning
+            model = AutoencoderKL.from_pretrained(
+                folder, low_cpu_mem_usage=False
+            )  # no accelerate: no warning
         except Exception as err:  # diffusers raises many types for a broken folder
             raise UserError(
-                f"could not load an AutoencoderKL from {folder} ({type(err).__name__}: {err}): the folder "
+                f"could not load an AutoencoderKL from {folder} ({type(err).__name__}: {err}): "
+                f"the folder "
                 "is damaged or incomplete (e.g. truncated weights); rebuild it (`python -m "
-                "latent_diffusion.train_vae out_dir=<folder>`, save_pretrained for your own VAE; the "
-                "project's cached VAE under paths.cache_dir/vae is rebuilt once deleted) or choose another vae.path"
+                "latent_diffusion.train_vae out_dir=<folder>`, save_pretrained for your own VAE; "
+                "the "
+                "project's cached VAE under paths.cache_dir/vae is rebuilt once deleted) or "
+                "choose another vae.path"
             ) from None
         vae = cls(model, None, data_channels, vae_weights_hash(folder), folder)
         if device is not None:
@@ -189,19 +198,25 @@ class FrozenVAE:
         if train_batches is None:
             cfg = self.model.config
             warnings.warn(
-                f"no latent stats measured for the VAE at {self.path} on this data: falling back to "
+                f"no latent stats measured for the VAE at {self.path} on this data: falling back "
+                f"to "
                 f"its config's scaling_factor={cfg.scaling_factor} (measured on other data, so the "
-                "denoiser's latents will not be unit Gaussians); pass the training data to measure them",
+                "denoiser's latents will not be unit Gaussians); pass the training data to "
+                "measure them",
                 LatentStatsWarning,
                 stacklevel=2,
             )
             return self.set_stats(
-                fallback_stats(cfg.scaling_factor, cfg.shift_factor, self.latent_channels, self.weights_hash)
+                fallback_stats(
+                    cfg.scaling_factor, cfg.shift_factor, self.latent_channels, self.weights_hash
+                )
             )
         if self.path is not None and not (self.path / STATS_FILE).exists():
             warnings.warn(
-                f"the VAE at {self.path} has no {STATS_FILE}: measuring shift/scale on the training "
-                f"data (its config's scaling_factor={self.model.config.scaling_factor} is not used)",
+                f"the VAE at {self.path} has no {STATS_FILE}: measuring shift/scale on the "
+                f"training "
+                f"data (its config's scaling_factor={self.model.config.scaling_factor} is not "
+                f"used)",
                 LatentStatsWarning,
                 stacklevel=2,
             )
@@ -216,8 +231,12 @@ class FrozenVAE:
             stats = load_latent_stats(cached) if cached is not None else None
             if not stats_valid(stats, self.weights_hash, dh, per_channel)[0]:
                 stats = measure_latent_stats(
-                    self.posterior, train_batches, per_channel=per_channel, min_latents=min_latents,
-                    vae_hash=self.weights_hash, data_fingerprint=data_fingerprint,
+                    self.posterior,
+                    train_batches,
+                    per_channel=per_channel,
+                    min_latents=min_latents,
+                    vae_hash=self.weights_hash,
+                    data_fingerprint=data_fingerprint,
                 )
                 if cached is not None:
                     save_latent_stats(cached, stats)
@@ -263,7 +282,9 @@ class FrozenVAE:
         """Raw q(z | x) mean and std, each (B, c, h, w), unscaled; x (B, C, H, W) in [-1, 1]."""
         self._follow(x)
         if x.shape[1] != self.data_channels:
-            raise UserError(f"expected {self.data_channels}-channel images, got shape {tuple(x.shape)}")
+            raise UserError(
+                f"expected {self.data_channels}-channel images, got shape {tuple(x.shape)}"
+            )
         # fp32 whatever the surrounding autocast: latents are the denoiser's targets.
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = x.float()
@@ -272,7 +293,9 @@ class FrozenVAE:
             dist = self.model.encode(x).latent_dist
         return dist.mean, dist.std  # (B, c, h, w) each
 
-    def scale_posterior(self, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def scale_posterior(
+        self, mean: torch.Tensor, std: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw (mean, std) -> the denoiser's space: ((mean - shift) * scale, std * scale)."""
         shift, scale = self._shift.to(mean.device), self._scale.to(mean.device)
         return (mean - shift) * scale, std * scale
@@ -285,13 +308,19 @@ class FrozenVAE:
         """Scaled posterior (mean, std), each (B, c, h, w)."""
         return self.scale_posterior(*self.posterior(x))
 
-    def encode(self, x: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode(
+        self, x: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Scaled latent (B, c, h, w): a posterior sample (default) or the posterior mean."""
         mean, std = self.encode_posterior(x)
         if not sample:
             return mean
-        eps = torch.randn(mean.shape, generator=generator, device=mean.device if generator is None
-                          else generator.device, dtype=mean.dtype).to(mean.device)
+        eps = torch.randn(
+            mean.shape,
+            generator=generator,
+            device=mean.device if generator is None else generator.device,
+            dtype=mean.dtype,
+        ).to(mean.device)
         return mean + std * eps
 
     @torch.no_grad()

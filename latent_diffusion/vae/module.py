@@ -84,7 +84,7 @@ def grid_png(rows: list[torch.Tensor], upscale: int = 3, gap: int = 2) -> bytes:
     canvas = np.ones((len(rows) * (h + gap) - gap, n * (w + gap) - gap), dtype=np.float32)
     for r, imgs in enumerate(rows):
         for i in range(n):
-            canvas[r * (h + gap): r * (h + gap) + h, i * (w + gap): i * (w + gap) + w] = (
+            canvas[r * (h + gap) : r * (h + gap) + h, i * (w + gap) : i * (w + gap) + w] = (
                 to_unit(imgs[i, 0]).cpu().numpy()
             )
     img = Image.fromarray((canvas * 255).round().astype(np.uint8))
@@ -109,7 +109,8 @@ def spectral_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class PatchDiscriminator(nn.Module):
-    """PatchGAN (Isola et al. 2017): a logit per ~receptive-field patch, GroupNorm for small batches."""
+    """PatchGAN (Isola et al. 2017): a logit per ~receptive-field patch, GroupNorm for small
+    batches."""
 
     def __init__(self, in_channels: int = 1, channels: int = 32, n_layers: int = 3):
         super().__init__()
@@ -117,8 +118,11 @@ class PatchDiscriminator(nn.Module):
         c = channels
         for i in range(1, n_layers):
             c_next = channels * min(2**i, 8)
-            layers += [nn.Conv2d(c, c_next, 4, 2 if i < n_layers - 1 else 1, 1),
-                       nn.GroupNorm(8, c_next), nn.LeakyReLU(0.2)]
+            layers += [
+                nn.Conv2d(c, c_next, 4, 2 if i < n_layers - 1 else 1, 1),
+                nn.GroupNorm(8, c_next),
+                nn.LeakyReLU(0.2),
+            ]
             c = c_next
         layers.append(nn.Conv2d(c, 1, 4, 1, 1))
         self.net = nn.Sequential(*layers)
@@ -160,7 +164,9 @@ class VAETrainer(L.LightningModule):
             torch.set_num_threads(int(num_threads))
         self.vae = build_autoencoder(**dict(autoencoder))
         self.disc = (
-            PatchDiscriminator(self.vae.config.in_channels, disc_channels, disc_layers) if gan_weight > 0 else None
+            PatchDiscriminator(self.vae.config.in_channels, disc_channels, disc_layers)
+            if gan_weight > 0
+            else None
         )
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
@@ -190,8 +196,11 @@ class VAETrainer(L.LightningModule):
         # KL summed over latent dims, per pixel: comparable weights across image sizes.
         terms["kl"] = post.kl().float().mean() / (x.shape[-1] * x.shape[-2])
         terms["loss"] = (
-            h.l1_weight * terms["l1"] + h.l2_weight * terms["l2"] + h.kl_weight * terms["kl"]
-            + h.grad_weight * terms.get("grad", 0.0) + h.spectral_weight * terms.get("spectral", 0.0)
+            h.l1_weight * terms["l1"]
+            + h.l2_weight * terms["l2"]
+            + h.kl_weight * terms["kl"]
+            + h.grad_weight * terms.get("grad", 0.0)
+            + h.spectral_weight * terms.get("spectral", 0.0)
         )
         return terms
 
@@ -227,7 +236,9 @@ class VAETrainer(L.LightningModule):
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         if h.grad_clip:
-            self.clip_gradients(opt_g, gradient_clip_val=h.grad_clip, gradient_clip_algorithm="norm")
+            self.clip_gradients(
+                opt_g, gradient_clip_val=h.grad_clip, gradient_clip_algorithm="norm"
+            )
         opt_g.step()
         if use_gan:
             # Discriminator hinge loss on a detached reconstruction (Lim & Ye 2017).
@@ -258,7 +269,9 @@ class VAETrainer(L.LightningModule):
         self.base_ssim.update(to_unit(xb), to_unit(x))
         self.log("val/l1", (xr.float() - x.float()).abs().mean(), sync_dist=True)
         if batch_idx == 0:
-            self._log_batch = torch.stack([x[: self.hparams.n_log_images], xr[: self.hparams.n_log_images]])
+            self._log_batch = torch.stack(
+                [x[: self.hparams.n_log_images], xr[: self.hparams.n_log_images]]
+            )
 
     def on_validation_epoch_end(self) -> None:
         self.log("val/psnr", self.val_psnr.compute(), prog_bar=True)
@@ -269,7 +282,11 @@ class VAETrainer(L.LightningModule):
             m.reset()
         # Trainer.log_dir broadcasts from rank 0: every rank must ask, or DDP deadlocks.
         root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        if self._log_batch is not None and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+        if (
+            self._log_batch is not None
+            and self.trainer.is_global_zero
+            and not self.trainer.sanity_checking
+        ):
             self._log_recon_grid(self._log_batch[0], self._log_batch[1], root)
         self._log_batch = None
 
@@ -278,15 +295,21 @@ class VAETrainer(L.LightningModule):
         atomic_write_bytes(root / "recon" / f"step_{self.global_step:06d}.png", png)
         for lg in self.loggers:
             if hasattr(lg, "log_image"):  # WandbLogger
-                lg.log_image("val/reconstructions", [Image.open(io.BytesIO(png))], step=self.global_step)
+                lg.log_image(
+                    "val/reconstructions", [Image.open(io.BytesIO(png))], step=self.global_step
+                )
             elif hasattr(getattr(lg, "experiment", None), "add_image"):  # TensorBoard
                 img = np.asarray(Image.open(io.BytesIO(png)))
-                lg.experiment.add_image("val/reconstructions", img, self.global_step, dataformats="HW")
+                lg.experiment.add_image(
+                    "val/reconstructions", img, self.global_step, dataformats="HW"
+                )
 
     # -- optimisers ---------------------------------------------------------------------
     def configure_optimizers(self):
         h = self.hparams
-        opt_g = torch.optim.AdamW(self.vae.parameters(), lr=h.lr, betas=tuple(h.betas), weight_decay=h.weight_decay)
+        opt_g = torch.optim.AdamW(
+            self.vae.parameters(), lr=h.lr, betas=tuple(h.betas), weight_decay=h.weight_decay
+        )
         if self.disc is None:
             return opt_g
         opt_d = torch.optim.AdamW(self.disc.parameters(), lr=h.disc_lr or h.lr, betas=(0.5, 0.9))

@@ -53,8 +53,13 @@ def load_or_train_vae(cfg: DictConfig, dm) -> FrozenVAE | None:
             if not (path / "config.json").is_file():
                 from latent_diffusion.train_vae import train_vae_for
 
-                log.info("no VAE at %s: training one first (vae=%s, %s steps); later runs reuse it. "
-                         "Set vae.path=DIR to use your own.", path, cfg.vae.name, cfg.vae.get("max_steps"))
+                log.info(
+                    "no VAE at %s: training one first (vae=%s, %s steps); later runs reuse it. "
+                    "Set vae.path=DIR to use your own.",
+                    path,
+                    cfg.vae.name,
+                    cfg.vae.get("max_steps"),
+                )
                 train_vae_for(cfg, path)
     train_ds = dm.dataset("train")
     return FrozenVAE.load(

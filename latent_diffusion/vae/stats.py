@@ -111,11 +111,17 @@ def stats_valid(
     if stats.vae_hash != vae_hash:
         return False, f"they belong to other VAE weights (hash {stats.vae_hash} != {vae_hash})"
     if stats.per_channel != per_channel:
-        return False, f"they are {'per-channel' if stats.per_channel else 'global'}, not as configured"
+        return (
+            False,
+            f"they are {'per-channel' if stats.per_channel else 'global'}, not as configured",
+        )
     if stats.source != "measured":
         return False, "they are a scaling_factor fallback, not measured"
     if data_fp_hash is not None and stats.data_hash is not None and stats.data_hash != data_fp_hash:
-        return False, f"they were measured on other data (data hash {stats.data_hash} != {data_fp_hash})"
+        return (
+            False,
+            f"they were measured on other data (data hash {stats.data_hash} != {data_fp_hash})",
+        )
     return True, ""
 
 
@@ -206,16 +212,23 @@ def measure_latent_stats(
         vae_hash=vae_hash,
         data_hash=data_hash(data_fingerprint),
         data_fingerprint=data_fingerprint,
-        extra={"channel_mean": [float(v) for v in mean_c], "channel_std": [float(v) for v in var_c.sqrt()]},
+        extra={
+            "channel_mean": [float(v) for v in mean_c],
+            "channel_std": [float(v) for v in var_c.sqrt()],
+        },
     )
     log.info(
         "latent stats over %d posterior samples: shift %s, scale %s",
-        n_latents, [round(v, 3) for v in stats.shift], [round(v, 3) for v in stats.scale],
+        n_latents,
+        [round(v, 3) for v in stats.shift],
+        [round(v, 3) for v in stats.scale],
     )
     return stats
 
 
-def fallback_stats(scaling_factor: float, shift_factor: float | None, channels: int, vae_hash: str) -> LatentStats:
+def fallback_stats(
+    scaling_factor: float, shift_factor: float | None, channels: int, vae_hash: str
+) -> LatentStats:
     """The VAE config's scaling_factor: a number measured on somebody else's data."""
     return LatentStats(
         shift=[float(shift_factor or 0.0)],

@@ -32,43 +32,80 @@ GUIDANCE_WARN = 30.0
 
 
 def _data_rules(p: str) -> list[tuple[str, str]]:
-    return [(f"{p}.batch_size", "count"), (f"{p}.eval_batch_size", "count"), (f"{p}.num_workers", "count0"),
-            (f"{p}.n_per_class", "count"), (f"{p}.val_per_class", "count0"), (f"{p}.test_per_class", "count0"),
-            (f"{p}.workers", "count0"), (f"{p}.val_fraction", "fraction"), (f"{p}.test_fraction", "fraction"),
-            (f"{p}.dynamic_range_db", "positive"), (f"{p}.max_residual", "nonneg"), (f"{p}.seed", "int"),
-            *[(f"{p}.radar.{k}", "positive") for k in
-              ("carrier_hz", "prf_hz", "duration_s", "window_s", "v_max", "dynamic_range_db")]]
+    return [
+        (f"{p}.batch_size", "count"),
+        (f"{p}.eval_batch_size", "count"),
+        (f"{p}.num_workers", "count0"),
+        (f"{p}.n_per_class", "count"),
+        (f"{p}.val_per_class", "count0"),
+        (f"{p}.test_per_class", "count0"),
+        (f"{p}.workers", "count0"),
+        (f"{p}.val_fraction", "fraction"),
+        (f"{p}.test_fraction", "fraction"),
+        (f"{p}.dynamic_range_db", "positive"),
+        (f"{p}.max_residual", "nonneg"),
+        (f"{p}.seed", "int"),
+        *[
+            (f"{p}.radar.{k}", "positive")
+            for k in ("carrier_hz", "prf_hz", "duration_s", "window_s", "v_max", "dynamic_range_db")
+        ],
+    ]
 
 
 def _data_nullable(p: str) -> tuple[str, ...]:
-    return (f"{p}.eval_batch_size", f"{p}.val_per_class", f"{p}.test_per_class", f"{p}.workers",
-            *[f"{p}.radar.{k}" for k in ("carrier_hz", "prf_hz", "duration_s", "window_s", "v_max",
-                                          "dynamic_range_db")])
+    return (
+        f"{p}.eval_batch_size",
+        f"{p}.val_per_class",
+        f"{p}.test_per_class",
+        f"{p}.workers",
+        *[
+            f"{p}.radar.{k}"
+            for k in ("carrier_hz", "prf_hz", "duration_s", "window_s", "v_max", "dynamic_range_db")
+        ],
+    )
 
 
 def _check_data(cfg, p: str = "data") -> None:
     check_ranges(cfg, _data_rules(p), nullable=_data_nullable(p))
     vf, tf = select(cfg, f"{p}.val_fraction", 0.0), select(cfg, f"{p}.test_fraction", 0.0)
     if isinstance(vf, float | int) and isinstance(tf, float | int) and vf + tf >= 1:
-        raise UserError(f"{p}.val_fraction={vf} + {p}.test_fraction={tf} >= 1 leaves the training split empty; "
-                        "keep their sum below 1 (e.g. 0.1 and 0.1)")
+        raise UserError(
+            f"{p}.val_fraction={vf} + {p}.test_fraction={tf} >= 1 leaves the training split empty; "
+            "keep their sum below 1 (e.g. 0.1 and 0.1)"
+        )
     check_class_list(cfg, f"{p}.classes")
     check_splits(cfg, p)
 
 
 def _train(cfg) -> None:
     _check_data(cfg)
-    check_ranges(cfg, [("trainer.max_steps", "count"), ("warmup_steps", "count0"), ("ema_decay", "decay"),
-                       ("max_bad_steps", "count"), ("seed", "int"), ("optimizer.lr", "positive"),
-                       ("optimizer.weight_decay", "nonneg"), ("trainer.accumulate_grad_batches", "count"),
-                       ("model.base_channels", "count"), ("model.num_res_blocks", "count"),
-                       ("model.dropout", "fraction"), ("model.p_uncond", "fraction"),
-                       ("diffusion.timesteps", "count")])
+    check_ranges(
+        cfg,
+        [
+            ("trainer.max_steps", "count"),
+            ("warmup_steps", "count0"),
+            ("ema_decay", "decay"),
+            ("max_bad_steps", "count"),
+            ("seed", "int"),
+            ("optimizer.lr", "positive"),
+            ("optimizer.weight_decay", "nonneg"),
+            ("trainer.accumulate_grad_batches", "count"),
+            ("model.base_channels", "count"),
+            ("model.num_res_blocks", "count"),
+            ("model.dropout", "fraction"),
+            ("model.p_uncond", "fraction"),
+            ("diffusion.timesteps", "count"),
+        ],
+    )
     interval = select(cfg, "trainer.val_check_interval")
-    if interval is not ABSENT and not ((isinstance(interval, int) and interval >= 1)
-                                       or (isinstance(interval, float) and 0 < interval <= 1)):
-        raise UserError(f"trainer.val_check_interval={interval!r}: must be a step count >= 1 "
-                        "(or a fraction of an epoch in (0, 1])")
+    if interval is not ABSENT and not (
+        (isinstance(interval, int) and interval >= 1)
+        or (isinstance(interval, float) and 0 < interval <= 1)
+    ):
+        raise UserError(
+            f"trainer.val_check_interval={interval!r}: must be a step count >= 1 "
+            "(or a fraction of an epoch in (0, 1])"
+        )
     check_sizes(cfg, "data.image_size", model=True)
     check_out_dir(select(cfg, "paths.output_dir", None), "paths.output_dir")
     check_out_dir(select(cfg, "export_dir", None), "export_dir", ours=("export.json",))
@@ -77,10 +114,19 @@ def _train(cfg) -> None:
 
 def _train_vae(cfg) -> None:
     _check_data(cfg)
-    check_ranges(cfg, [("vae.max_steps", "count"), ("vae.batch_size", "count"), ("vae.min_stats_latents", "count"),
-                       ("vae.val_check_interval", "count"), ("vae.module.num_threads", "count"),
-                       ("vae.module.lr", "positive"), ("seed", "int")],
-                 nullable=("vae.batch_size", "vae.module.num_threads"))
+    check_ranges(
+        cfg,
+        [
+            ("vae.max_steps", "count"),
+            ("vae.batch_size", "count"),
+            ("vae.min_stats_latents", "count"),
+            ("vae.val_check_interval", "count"),
+            ("vae.module.num_threads", "count"),
+            ("vae.module.lr", "positive"),
+            ("seed", "int"),
+        ],
+        nullable=("vae.batch_size", "vae.module.num_threads"),
+    )
     check_sizes(cfg, "data.image_size", model=False)
     check_out_dir(select(cfg, "out_dir", None), "out_dir", ours=("latent_stats.json",))
     check_out_dir(select(cfg, "paths.cache_dir", None), "paths.cache_dir")
@@ -88,24 +134,65 @@ def _train_vae(cfg) -> None:
 
 
 def _simulate(cfg) -> None:
-    check_ranges(cfg, [("n_per_class", "count"), ("image_size", "count"), ("seed", "int"), ("workers", "count0"),
-                       ("preview_per_class", "count0"),
-                       *[(f"radar.{k}", "positive") for k in
-                         ("carrier_hz", "prf_hz", "duration_s", "window_s", "v_max", "dynamic_range_db")]],
-                 nullable=("workers", *[f"radar.{k}" for k in ("carrier_hz", "prf_hz", "duration_s", "window_s",
-                                                                "v_max", "dynamic_range_db")]))
+    check_ranges(
+        cfg,
+        [
+            ("n_per_class", "count"),
+            ("image_size", "count"),
+            ("seed", "int"),
+            ("workers", "count0"),
+            ("preview_per_class", "count0"),
+            *[
+                (f"radar.{k}", "positive")
+                for k in (
+                    "carrier_hz",
+                    "prf_hz",
+                    "duration_s",
+                    "window_s",
+                    "v_max",
+                    "dynamic_range_db",
+                )
+            ],
+        ],
+        nullable=(
+            "workers",
+            *[
+                f"radar.{k}"
+                for k in (
+                    "carrier_hz",
+                    "prf_hz",
+                    "duration_s",
+                    "window_s",
+                    "v_max",
+                    "dynamic_range_db",
+                )
+            ],
+        ),
+    )
     check_class_list(cfg, "classes")
     # whose folder it is: simulate's own first check (utils.io.check_replaceable)
     check_out_dir(select(cfg, "out_dir", None), "out_dir")
 
 
 def _sample(cfg) -> None:
-    check_ranges(cfg, [("n_per_class", "count"), ("batch_size", "count"), ("threads", "count"), ("seed", "int"),
-                       ("guidance", "finite"), ("eta", "nonneg")], nullable=("threads",))
+    check_ranges(
+        cfg,
+        [
+            ("n_per_class", "count"),
+            ("batch_size", "count"),
+            ("threads", "count"),
+            ("seed", "int"),
+            ("guidance", "finite"),
+            ("eta", "nonneg"),
+        ],
+        nullable=("threads",),
+    )
     guidance = select(cfg, "guidance")
     if isinstance(guidance, int | float) and math.isfinite(guidance) and guidance > GUIDANCE_WARN:
-        log.warning("guidance=%g is far above the useful range (1-10): samples saturate to the class mode",
-                    guidance)
+        log.warning(
+            "guidance=%g is far above the useful range (1-10): samples saturate to the class mode",
+            guidance,
+        )
     check_class_list(cfg, "classes")
     # whose folder it is: sample's own check (utils.io.check_replaceable), before any model loads
     check_out_dir(select(cfg, "out_dir", None), "out_dir")
@@ -113,32 +200,65 @@ def _sample(cfg) -> None:
 
 def _evaluate(cfg) -> None:
     _check_data(cfg, "real")
-    check_ranges(cfg, [("real.image_size", "count"), ("num_threads", "count"), ("min_samples", "count"), ("seed", "int"),
-                       ("classifier.width", "count"), ("classifier.steps", "count"),
-                       ("classifier.batch_size", "count"), ("classifier.lr", "positive"),
-                       ("classifier.weight_decay", "nonneg"), ("protocol.steps", "count"),
-                       ("augmentation.fractions", "share"), ("augmentation.multipliers", "nonneg"),
-                       ("augmentation.seeds", "int"), ("distances.k", "count"), ("distances.kid_subsets", "count"),
-                       ("distances.max_n", "count"), ("distances.min_per_class", "count")],
-                 nullable=("real.image_size", "num_threads", "distances.max_n"))
+    check_ranges(
+        cfg,
+        [
+            ("real.image_size", "count"),
+            ("num_threads", "count"),
+            ("min_samples", "count"),
+            ("seed", "int"),
+            ("classifier.width", "count"),
+            ("classifier.steps", "count"),
+            ("classifier.batch_size", "count"),
+            ("classifier.lr", "positive"),
+            ("classifier.weight_decay", "nonneg"),
+            ("protocol.steps", "count"),
+            ("augmentation.fractions", "share"),
+            ("augmentation.multipliers", "nonneg"),
+            ("augmentation.seeds", "int"),
+            ("distances.k", "count"),
+            ("distances.kid_subsets", "count"),
+            ("distances.max_n", "count"),
+            ("distances.min_per_class", "count"),
+        ],
+        nullable=("real.image_size", "num_threads", "distances.max_n"),
+    )
     check_out_dir(select(cfg, "out_dir", None), "out_dir", ours=("metrics.json",), task="evaluate")
     check_out_dir(select(cfg, "cache_dir", None), "cache_dir")
 
 
 def _bench(cfg) -> None:
-    check_ranges(cfg, [("threads", "count"), ("repeats", "count"), ("warmup", "count0"), ("image_size", "count"),
-                       ("pool_size", "count"), ("batch_size", "count")], nullable=("threads",))
+    check_ranges(
+        cfg,
+        [
+            ("threads", "count"),
+            ("repeats", "count"),
+            ("warmup", "count0"),
+            ("image_size", "count"),
+            ("pool_size", "count"),
+            ("batch_size", "count"),
+        ],
+        nullable=("threads",),
+    )
     size = select(cfg, "image_size", None)
     blocks = select(cfg, "vae_arch.block_out_channels", None)
     if isinstance(size, int) and blocks and size % 2 ** (len(blocks) - 1):
         f = 2 ** (len(blocks) - 1)
-        raise UserError(f"image_size={size} is not divisible by {f}, the bench VAE's down-sampling factor; "
-                        f"use a multiple of {f} (64 or 128)")
+        raise UserError(
+            f"image_size={size} is not divisible by {f}, the bench VAE's down-sampling factor; "
+            f"use a multiple of {f} (64 or 128)"
+        )
     check_out_dir(select(cfg, "out_dir", None), "out_dir", ours=("bench.json",), task="bench")
 
 
-CHECKS = {"train": _train, "train_vae": _train_vae, "simulate": _simulate, "sample": _sample,
-          "evaluate": _evaluate, "bench": _bench}
+CHECKS = {
+    "train": _train,
+    "train_vae": _train_vae,
+    "simulate": _simulate,
+    "sample": _sample,
+    "evaluate": _evaluate,
+    "bench": _bench,
+}
 
 
 def preflight(entry: str, cfg) -> None:
@@ -146,4 +266,11 @@ def preflight(entry: str, cfg) -> None:
     CHECKS[entry](cfg)
 
 
-__all__ = ["preflight", "check_out_dir", "check_ranges", "check_class_list", "check_sizes", "check_splits"]
+__all__ = [
+    "preflight",
+    "check_out_dir",
+    "check_ranges",
+    "check_class_list",
+    "check_sizes",
+    "check_splits",
+]

@@ -13,8 +13,18 @@ log = logging.getLogger("latent_diffusion")
 
 
 def train_vae_notices(cfg) -> None:
-    vae_batch, data_batch = select(cfg, "vae.batch_size", None), select(cfg, "data.batch_size", None)
-    if vae_batch not in (None, ABSENT) and data_batch not in (None, ABSENT) and vae_batch != data_batch:
-        log.warning("the VAE trains in batches of vae.batch_size=%s (its recipe), not data.batch_size=%s; "
-                    "set vae.batch_size to change it (vae.batch_size=null takes data.batch_size)",
-                    vae_batch, data_batch)
+    vae_batch, data_batch = (
+        select(cfg, "vae.batch_size", None),
+        select(cfg, "data.batch_size", None),
+    )
+    if (
+        vae_batch not in (None, ABSENT)
+        and data_batch not in (None, ABSENT)
+        and vae_batch != data_batch
+    ):
+        log.warning(
+            "the VAE trains in batches of vae.batch_size=%s (its recipe), not data.batch_size=%s; "
+            "set vae.batch_size to change it (vae.batch_size=null takes data.batch_size)",
+            vae_batch,
+            data_batch,
+        )

@@ -47,9 +47,13 @@ def check_ranges(cfg, rules: list[tuple[str, str]], nullable: tuple[str, ...] = 
         if value is ABSENT or (value is None and key in nullable):
             continue
         ok, text = RANGES[kind]
-        values = list(value) if OmegaConf.is_list(value) or isinstance(value, list | tuple) else [value]
+        values = (
+            list(value) if OmegaConf.is_list(value) or isinstance(value, list | tuple) else [value]
+        )
         bad = [v for v in values if not ok(v)]
         if value is None or bad:
             extra = " (or null for the default)" if key in nullable else ""
             what = f"{value!r}" if not OmegaConf.is_list(value) else f"{list(value)}"
-            raise UserError(f"{key}={what}: must be {text}{' each' if len(values) > 1 else ''}{extra}")
+            raise UserError(
+                f"{key}={what}: must be {text}{' each' if len(values) > 1 else ''}{extra}"
+            )

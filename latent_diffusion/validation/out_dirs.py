@@ -22,24 +22,32 @@ def check_out_dir(path, key: str, ours: tuple[str, ...] = (), task: str | None =
         return None
     out = Path(str(path)).expanduser()
     if out.exists() and not out.is_dir():
-        raise UserError(f"{key}={out} is a file, not a folder; choose a folder path or move the file away")
+        raise UserError(
+            f"{key}={out} is a file, not a folder; choose a folder path or move the file away"
+        )
     existing = out
     while not existing.exists():
         if existing.parent == existing:
             break
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
-        raise UserError(f"{key}={out}: {existing} is a file, so the folder cannot be created; "
-                        "choose another path")
+        raise UserError(
+            f"{key}={out}: {existing} is a file, so the folder cannot be created; "
+            "choose another path"
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{key}={out}: {existing} is not writable by this user; choose a folder you can "
-                        "write to (or fix its permissions)")
+        raise UserError(
+            f"{key}={out}: {existing} is not writable by this user; choose a folder you can "
+            "write to (or fix its permissions)"
+        )
     if ours and out.is_dir():
         hydra_own = {*HYDRA_OWN, f"{task}.log"} if task else set(HYDRA_OWN)
         entries = [p.name for p in out.iterdir() if p.name not in hydra_own]
         if entries and not any((out / name).exists() for name in ours):
             shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
-            raise UserError(f"{key}={out} is not empty ({shown}) and was not written by this command "
-                            f"(no {' / '.join(ours)}); it is not overwritten: choose another {key} or "
-                            "remove that folder first")
+            raise UserError(
+                f"{key}={out} is not empty ({shown}) and was not written by this command "
+                f"(no {' / '.join(ours)}); it is not overwritten: choose another {key} or "
+                "remove that folder first"
+            )
     return out

@@ -32,36 +32,57 @@ def check_splits(cfg, prefix: str = "data") -> None:
     if source == "microdoppler":
         val = select(cfg, f"{prefix}.val_per_class", None)
         if val is not None and val == 0:
-            raise UserError(f"{prefix}.val_per_class=0 leaves the validation split empty (validation and "
-                            f"checkpoint selection need it); set {prefix}.val_per_class>=1 or null")
+            raise UserError(
+                f"{prefix}.val_per_class=0 leaves the validation split empty (validation and "
+                f"checkpoint selection need it); set {prefix}.val_per_class>=1 or null"
+            )
         return
     if source != "image_folder":
         return
     root = select(cfg, f"{prefix}.root", None)
     if root in (None, ABSENT) or str(root) == "???":
         return
-    val_f, test_f = select(cfg, f"{prefix}.val_fraction", 0.1), select(cfg, f"{prefix}.test_fraction", 0.1)
+    val_f, test_f = (
+        select(cfg, f"{prefix}.val_fraction", 0.1),
+        select(cfg, f"{prefix}.test_fraction", 0.1),
+    )
     if select(cfg, f"{prefix}.split_file", None):
         return  # the split file decides
-    counts = _counts(Path(str(root)), select(cfg, f"{prefix}.classes", None), select(cfg, f"{prefix}.extensions", None))
+    counts = _counts(
+        Path(str(root)),
+        select(cfg, f"{prefix}.classes", None),
+        select(cfg, f"{prefix}.extensions", None),
+    )
     if counts is None:
         return
     if val_f == 0:
-        raise UserError(f"{prefix}.val_fraction=0 and {root} has no val/ folder: the validation split would be "
-                        f"empty; set {prefix}.val_fraction (e.g. 0.1) or add {root}/val/<class>/ files")
+        raise UserError(
+            f"{prefix}.val_fraction=0 and {root} has no val/ folder: the validation split would be "
+            f"empty; set {prefix}.val_fraction (e.g. 0.1) or add {root}/val/<class>/ files"
+        )
     from latent_diffusion.data.splits import stratified_split
 
     short = []
     for name, n in counts.items():
-        sizes = {k: len(v) for k, v in stratified_split([0] * n, val_f, test_f).items()} if n else {}
-        missing = [s for s in ("train", "val", "test") if not sizes.get(s) and (s != "test" or test_f > 0)]
+        sizes = (
+            {k: len(v) for k, v in stratified_split([0] * n, val_f, test_f).items()} if n else {}
+        )
+        missing = [
+            s for s in ("train", "val", "test") if not sizes.get(s) and (s != "test" or test_f > 0)
+        ]
         if missing:
             short.append(f"{name} ({n} files: none in {'/'.join(missing)})")
     if short and len(short) == len(counts) and "val" in " ".join(short):
-        raise UserError(f"the validation split would be empty: every class of {root} is too small for "
-                        f"{prefix}.val_fraction={val_f}: {'; '.join(short)}. Add files, raise "
-                        f"{prefix}.val_fraction, or give a val/ folder")
+        raise UserError(
+            f"the validation split would be empty: every class of {root} is too small for "
+            f"{prefix}.val_fraction={val_f}: {'; '.join(short)}. Add files, raise "
+            f"{prefix}.val_fraction, or give a val/ folder"
+        )
     if short:
-        log.warning("classes too small to appear in every split (they are missing from its metrics): %s. "
-                    "Add files to them, or raise %s.val_fraction / %s.test_fraction", "; ".join(short),
-                    prefix, prefix)
+        log.warning(
+            "classes too small to appear in every split (they are missing from its metrics): %s. "
+            "Add files to them, or raise %s.val_fraction / %s.test_fraction",
+            "; ".join(short),
+            prefix,
+            prefix,
+        )

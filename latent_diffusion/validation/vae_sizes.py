@@ -31,7 +31,9 @@ def vae_factor(cfg) -> tuple[int, str] | None:
         return None  # loading it names the problem with the folder (vae/interface.py)
     blocks = select(cfg, "vae.module.autoencoder.block_out_channels", None)
     if blocks:
-        return 2 ** (len(blocks) - 1), f"vae={name} (vae.module.autoencoder.block_out_channels={list(blocks)})"
+        return 2 ** (
+            len(blocks) - 1
+        ), f"vae={name} (vae.module.autoencoder.block_out_channels={list(blocks)})"
     return None
 
 
@@ -45,20 +47,26 @@ def check_sizes(cfg, size_key: str = "data.image_size", model: bool = True) -> N
     if size is ABSENT or size is None:
         return  # image_folder with image_size=null keeps the files' size; the reader checks them
     if not isinstance(size, int) or size < 8:
-        raise UserError(f"{size_key}={size!r}: must be an integer >= 8 (64 or 128 are the tested sizes)")
+        raise UserError(
+            f"{size_key}={size!r}: must be an integer >= 8 (64 or 128 are the tested sizes)"
+        )
     found = vae_factor(cfg)
     if found is None:
         return
     factor, source = found
     if size % factor:
-        raise UserError(f"{size_key}={size} is not divisible by {factor}, the down-sampling factor of "
-                        f"{source}; use {size_key}={_near(size, factor)}")
+        raise UserError(
+            f"{size_key}={size} is not divisible by {factor}, the down-sampling factor of "
+            f"{source}; use {size_key}={_near(size, factor)}"
+        )
     mult = select(cfg, "model.channel_mult", None) if model else None
     if mult:
         levels = 2 ** (len(mult) - 1)
         latent = size // factor
         if latent % levels:
             raise UserError(
-                f"{size_key}={size} gives {latent}x{latent} latents ({source}), which model.channel_mult="
+                f"{size_key}={size} gives {latent}x{latent} latents ({source}), which "
+                f"model.channel_mult="
                 f"{list(mult)} halves {len(mult) - 1} times: not an integer size. Use {size_key}="
-                f"{_near(size, factor * levels)}, or a model with fewer levels")
+                f"{_near(size, factor * levels)}, or a model with fewer levels"
+            )
