@@ -170,13 +170,25 @@ def is_grey(rgb: np.ndarray, tol: int = 4, min_fraction: float = 0.995) -> bool:
     return bool((spread <= tol).mean() >= min_fraction)
 
 
+# RGB -> (Y, Cb, Cr) of JPEG (ITU-R BT.601), chroma weighted down for the nearest-entry search:
+# JPEG keeps luma at full resolution and halves chroma in both directions (4:2:0), quantising
+# it more coarsely, so a pixel's luma is the better witness of its value. Weight 0.3 measured
+# best on rendered jet / parula / viridis figures at JPEG q75-95 (docs/data.md); exact
+# (PNG) colours have distance 0 to their entry either way.
+CHROMA_WEIGHT = 0.3
+OFF_MAP_CHROMA = 16  # max(R,G,B) - min(R,G,B) at or above which a far pixel still counts as data
+_YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+_YCC_W = _YCC * np.array([[1.0], [CHROMA_WEIGHT], [CHROMA_WEIGHT]])
+
+
 def nearest_entry(colors: np.ndarray, name: str, chunk: int = 8192):
-    """For (U, 3) colours in 0..255: index of the nearest entry of map `name` and its distance."""
+    """For (U, 3) colours in 0..255: index of the nearest entry of map `name` (in luma-weighted
+    YCbCr) and its RGB distance (0..255 units, what max_residual is in)."""
     table = colormap_table(name)
-    t32 = table.astype(np.float32)
+    t32 = (table @ _YCC_W.T).astype(np.float32)
     m2t = -2.0 * t32.T  # (3, E)
     t2 = (t32**2).sum(1)  # (E,)
-    c32 = colors.astype(np.float32)
+    c32 = (colors @ _YCC_W.T).astype(np.float32)
     idx = np.empty(len(colors), dtype=np.int64)
     for s in range(0, len(colors), chunk):
         # |c - t|^2 - |c|^2 = |t|^2 - 2 c.t: the argmin needs no |c|^2; float32 and
@@ -195,7 +207,8 @@ def invert_colormap(
     keep_largest: bool = True,
     fill: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, str]:
-    """Colour-mapped uint8 RGB (H, W, 3) -> (scalar float32 (H, W) in [0, 1], valid bool (H, W), map name).
+    """Colour-mapped uint8 RGB (H, W, 3) -> (scalar float32 (H, W) in [0, 1], valid bool (H, W), map
+    name).
 
     max_residual: Euclidean RGB distance (0..255 units) above which a pixel is
       not on the map (white is >= 180 from every jet entry, black >= 108 from
@@ -230,7 +243,13 @@ def invert_colormap(
     name = min(names, key=lambda n: scores[n])
     idx, dist = nearest_entry(colors, name)
     scalar = (idx[inverse] / (N_ENTRIES - 1)).reshape(h, w).astype(np.float32)
-    valid = (dist[inverse] <= max_residual).reshape(h, w)
+    # Off the map: far from every entry AND grey. What sits inside a plot without being data
+    # (grid lines, annotations, ticks, the margin) is grey; a data pixel that JPEG pushed far
+    # from the map (a thin saturated line whose 4:2:0 chroma was averaged with its
+    # neighbours) keeps much of its colour, and its luma-weighted nearest entry is the better
+    # guess than a neighbour's value.
+    chroma = (colors.max(1) - colors.min(1))[inverse]
+    valid = ((dist[inverse] <= max_residual) | (chroma >= OFF_MAP_CHROMA)).reshape(h, w)
     if not valid.any():
         raise UserError(
             f"no pixel lies within {max_residual} of the {list(names)} colour maps: "
@@ -246,16 +265,3 @@ def invert_colormap(
         _, (iy, ix) = ndimage.distance_transform_edt(~valid, return_indices=True)
         scalar = scalar[iy, ix]
     return scalar, valid, name
-
-
-def valid_bbox(valid: np.ndarray, min_fraction: float = 0.5) -> tuple[slice, slice]:
-    """Rows/columns of the plot area: the bounding box of valid pixels, trimmed to
-    the rows/columns that are mostly valid inside it (drops a stray edge pixel)."""
-    ys, xs = np.nonzero(valid)
-    box = valid[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
-    rows = np.flatnonzero(box.mean(1) >= min_fraction)
-    cols = np.flatnonzero(box.mean(0) >= min_fraction)
-    if len(rows) == 0 or len(cols) == 0:
-        return slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)
-    y0, x0 = ys.min(), xs.min()
-    return slice(y0 + rows[0], y0 + rows[-1] + 1), slice(x0 + cols[0], x0 + cols[-1] + 1)

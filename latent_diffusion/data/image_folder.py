@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from latent_diffusion.data.plot_area import crop_sizes_report
 from latent_diffusion.data.readers import (
     ALL_EXTS,
     dangling_links,
@@ -32,6 +33,40 @@ from latent_diffusion.utils.errors import UserError
 from latent_diffusion.utils.io import atomic_write_bytes, stable_hash
 
 log = logging.getLogger(__name__)
+
+
+READER_VERSION = 2
+
+
+def check_plot_boxes(boxes: dict, root: Path, strict: bool) -> dict | None:
+    """One crop size per data set. Files whose plot area differs in size from the majority are
+    named once; with strict=true an error where a resize would also distort them (another
+    aspect ratio: another figure layout, or a crop that went wrong)."""
+    major, differ, distort = crop_sizes_report(boxes)
+    if major is None:
+        return None
+    log.info("cropped %d colour figures to their plot area: %dx%d px", len(boxes), *major)
+    if not differ:
+        return {"size": list(major), "differ": []}
+    sizes = "; ".join(f"{r} {boxes[r][2]}x{boxes[r][3]}" for r in differ[:8])
+    more = f" and {len(differ) - 8} more" if len(differ) > 8 else ""
+    fix = (
+        "check them (python -m latent_diffusion.inspect data=image_folder ...), or give the "
+        "box as data.plot_box=[top, left, height, width]"
+    )
+    if distort and strict:
+        raise UserError(
+            f"{len(distort)} of {len(boxes)} figures under {root} have a plot area of another "
+            f"shape than the majority's {major[0]}x{major[1]} px ({sizes}{more}); {fix}, or set "
+            "data.strict=false to resize them anyway"
+        )
+    warnings.warn(
+        f"{len(differ)} of {len(boxes)} figures under {root} have a plot area of another size "
+        f"than the majority's {major[0]}x{major[1]} px ({sizes}{more}); they are resized like "
+        f"the rest: {fix}",
+        stacklevel=3,
+    )
+    return {"size": list(major), "differ": differ}
 
 
 class SpectrogramTensors(Dataset):
@@ -99,6 +134,7 @@ class ImageFolderSource:
         colormaps: Sequence[str] = ("jet", "parula", "viridis"),
         max_residual: float = 40.0,
         crop_to_plot: bool = True,
+        plot_box: Sequence[int] | None = None,
         **_,
     ):
         if root is None or str(root) in ("", "???"):
@@ -117,7 +153,9 @@ class ImageFolderSource:
         self.read_kwargs = dict(
             image_size=image_size, value_kind=value_kind, flip_doppler=bool(flip_doppler),
             transpose=bool(transpose), dynamic_range_db=float(dynamic_range_db), variable=variable,
-            colormaps=tuple(colormaps), max_residual=float(max_residual), crop_to_plot=bool(crop_to_plot),
+            colormaps=tuple(colormaps), max_residual=float(max_residual),
+            crop_to_plot=bool(crop_to_plot),
+            plot_box=None if plot_box is None else [int(v) for v in plot_box],
         )  # fmt: skip
         db_normalise(np.ones((1, 1)), value_kind, dynamic_range_db)  # validate the options up front
         self.strict = bool(strict)
@@ -127,6 +165,8 @@ class ImageFolderSource:
         self.split_mapping = mapping
         self._fp = {
             "source": "image_folder",
+            # the reader's own version: figures are cropped by geometry since version 2
+            "reader": READER_VERSION,
             "root": str(self.root.resolve()),
             "class_names": self.class_names,
             "files": stable_hash(
@@ -139,6 +179,7 @@ class ImageFolderSource:
             "split": stable_hash(mapping),
             **{k: (list(v) if isinstance(v, tuple) else v) for k, v in self.read_kwargs.items()},
         }
+        self.crop_report = None  # set when the files are read (not from the cache)
         self._data = self._load_all(mapping, cache_dir)
 
     # -- discovery --------------------------------------------------------
@@ -160,7 +201,8 @@ class ImageFolderSource:
                 else ""
             )
             raise UserError(
-                f"no class folders in {train_base}{hint}; expected {train_base}/<class>/<files> ({looked})"
+                f"no class folders in {train_base}{hint}; expected {train_base}/<class>/<files> "
+                f"({looked})"
             )
         if classes is not None:
             classes = [str(c) for c in classes]
@@ -174,7 +216,8 @@ class ImageFolderSource:
                 if d.name not in class_names:
                     if split not in (None, "train") and classes is None:
                         raise UserError(
-                            f"{d} is a class folder that {train_base} does not have; add it there or remove it"
+                            f"{d} is a class folder that {train_base} does not have; add it there "
+                            f"or remove it"
                         )
                     continue
                 found_files = _files_in(d, exts)
@@ -182,7 +225,8 @@ class ImageFolderSource:
                 if not found_files:
                     report_dangling(dangling, strict=True)  # the links are why it is empty
                     raise UserError(
-                        f"class folder {d} holds no readable files ({looked}); add files or remove the folder"
+                        f"class folder {d} holds no readable files ({looked}); add files or "
+                        f"remove the folder"
                     )
                 files += [(p.relative_to(root).as_posix(), d.name) for p in found_files]
         report_dangling(dangling, self.strict)
@@ -193,7 +237,8 @@ class ImageFolderSource:
             split_file = Path(os.path.expanduser(str(split_file)))
             if _inside(split_file, self.root):
                 raise UserError(
-                    f"split_file {split_file} lies inside the data root {self.root}; keep it next to the run instead"
+                    f"split_file {split_file} lies inside the data root {self.root}; keep it next "
+                    f"to the run instead"
                 )
             if split_file.exists():
                 mapping = load_split(split_file)
@@ -201,8 +246,10 @@ class ImageFolderSource:
                     for rel in mapping[s]:
                         if rel not in self._class_of:
                             raise UserError(
-                                f"split file {split_file} lists {rel}, which is not a readable file of the selected "
-                                f"classes under {self.root}; restore the file, or delete {split_file} to draw a new split"
+                                f"split file {split_file} lists {rel}, which is not a readable "
+                                f"file of the selected "
+                                f"classes under {self.root}; restore the file, or delete "
+                                f"{split_file} to draw a new split"
                             )
                 log.info("reusing split %s", split_file)
                 return mapping
@@ -216,7 +263,8 @@ class ImageFolderSource:
                 m = pat.search(r)
                 if m is None:
                     raise UserError(
-                        f"subject_regex {subject_regex!r} does not match {self.root / r}; fix the pattern or set it to null"
+                        f"subject_regex {subject_regex!r} does not match {self.root / r}; fix the "
+                        f"pattern or set it to null"
                     )
                 groups.append(m.group(1) if pat.groups else m.group(0))
         if self.layout == "split_folders":
@@ -254,7 +302,8 @@ class ImageFolderSource:
             cache_dir = Path(os.path.expanduser(str(cache_dir)))
             if _inside(cache_dir, self.root):
                 raise UserError(
-                    f"cache_dir {cache_dir} lies inside the data root {self.root}; put the cache elsewhere"
+                    f"cache_dir {cache_dir} lies inside the data root {self.root}; put the cache "
+                    f"elsewhere"
                 )
             cache = cache_dir / f"image_folder-{stable_hash(self._fp)}.npz"
             if cache.exists():
@@ -262,7 +311,7 @@ class ImageFolderSource:
                     return self._wrap(
                         {s: (z[f"{s}_x"], z[f"{s}_y"], list(z[f"{s}_files"])) for s in SPLITS}
                     )
-        skipped, shapes, out, kinds, masked = [], {}, {}, {}, []
+        skipped, shapes, out, kinds, masked, boxes = [], {}, {}, {}, [], {}
         rels = [r for sp in SPLITS for r in mapping[sp]]
         results = {}
         # Decoding (PIL, zlib, h5py) releases the GIL: a few threads read a
@@ -286,11 +335,14 @@ class ImageFolderSource:
                 kinds[kind] = kinds.get(kind, 0) + 1
                 if info.get("masked_fraction", 0.0) > 0.2:
                     masked.append(f"{rel} ({info['masked_fraction']:.0%})")
+                if "plot_box" in info:
+                    boxes[rel] = info["plot_box"]
                 shapes.setdefault(x.shape, rel)
                 if len(shapes) > 1:
                     (s0, f0), (s1, f1) = list(shapes.items())[:2]
                     raise UserError(
-                        f"images differ in size: {self.root / f0} is {s0[0]}x{s0[1]}, {self.root / f1} is "
+                        f"images differ in size: {self.root / f0} is {s0[0]}x{s0[1]}, "
+                        f"{self.root / f1} is "
                         f"{s1[0]}x{s1[1]}; set data.image_size (e.g. 64) to resize them all"
                     )
                 xs.append(x)
@@ -303,6 +355,7 @@ class ImageFolderSource:
                 kept,
             )
         log.info("read %s: %s", self.root, ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
+        self.crop_report = check_plot_boxes(boxes, self.root, self.strict)
         if masked:
             warnings.warn(
                 f"{len(masked)} colour images have > 20% of the plot off the colour map and filled "
@@ -345,7 +398,8 @@ class ImageFolderSource:
         h, w = data["train"].x.shape[-2:]
         if h != w:
             raise UserError(
-                f"spectrograms under {self.root} are {h}x{w}, not square; set data.image_size (e.g. 64)"
+                f"spectrograms under {self.root} are {h}x{w}, not square; set data.image_size "
+                f"(e.g. 64)"
             )
         self.image_size = int(h)
         return data

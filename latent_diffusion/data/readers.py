@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from latent_diffusion.data.colormaps import invert_colormap, is_grey, valid_bbox
+from latent_diffusion.data import plot_area
+from latent_diffusion.data.colormaps import invert_colormap, is_grey
 from latent_diffusion.utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,8 @@ def _pick_2d(named: dict[str, np.ndarray], path: Path, variable: str | None) -> 
         shapes = ", ".join(f"'{k}' {v.shape}" for k, v in cands.items())
         raise UserError(
             f"{path} holds several 2-D arrays that could be the spectrogram ({shapes}); "
-            f"name the one to read with data.variable=<name> (e.g. data.variable={next(iter(cands))})"
+            f"name the one to read with data.variable=<name> (e.g. "
+            f"data.variable={next(iter(cands))})"
         )
     return next(iter(cands.values()))
 
@@ -116,8 +118,19 @@ def _read_mat(path: Path, variable: str | None) -> np.ndarray:
     return _pick_2d(named, path, variable)
 
 
-def _read_image(path: Path, colormaps: Sequence[str], max_residual: float, crop_to_plot: bool):
-    """Image file -> (array, kind, info). kind 'unit' (already in [0, 1]) or 'raw' (float TIFF)."""
+def _read_image(
+    path: Path,
+    colormaps: Sequence[str],
+    max_residual: float,
+    crop_to_plot: bool,
+    given_box: Sequence[int] | None = None,
+):
+    """Image file -> (array, kind, info). kind 'unit' (already in [0, 1]) or 'raw' (float TIFF).
+
+    A colour figure is cropped to its plot area first, found from the figure's geometry
+    (plot_area.py: the axes frame, else the block inside the margin), then inverted through
+    its colour map; pixels inside the plot that are off the map (inward ticks, grid lines,
+    annotations) are filled from their neighbours."""
     with Image.open(path) as im:
         im.load()  # decode now: a truncated file fails here, not later in a worker
         mode = im.mode
@@ -136,11 +149,16 @@ def _read_image(path: Path, colormaps: Sequence[str], max_residual: float, crop_
     if is_grey(rgb):
         # grey in an RGB container: every channel holds the scalar
         return rgb.astype(np.float64).mean(-1) / 255.0, "unit", {"mode": mode, "grey": True}
-    scalar, valid, name = invert_colormap(rgb, names=tuple(colormaps), max_residual=max_residual)
+    info = {"mode": mode}
     if crop_to_plot:
-        rows, cols = valid_bbox(valid)
-        scalar, valid = scalar[rows, cols], valid[rows, cols]
-    info = {"mode": mode, "colormap": name, "masked_fraction": float(1.0 - valid.mean())}
+        (top, left, h, w), how = plot_area.plot_box(rgb, given_box, path)
+        rgb = rgb[top : top + h, left : left + w]
+        info.update(plot_box=[top, left, h, w], plot_box_from=how)
+    # inside a found plot box every pixel is plot: no blob selection
+    scalar, valid, name = invert_colormap(
+        rgb, names=tuple(colormaps), max_residual=max_residual, keep_largest=not crop_to_plot
+    )
+    info.update(colormap=name, masked_fraction=float(1.0 - valid.mean()))
     return scalar.astype(np.float64), "unit", info
 
 
@@ -158,7 +176,9 @@ def guess_value_kind(a: np.ndarray) -> str:
     return "db" if np.nanmin(a) < 0 else "magnitude"
 
 
-def db_normalise(a: np.ndarray, value_kind: str = "auto", dynamic_range_db: float = 45.0, path="array"):
+def db_normalise(
+    a: np.ndarray, value_kind: str = "auto", dynamic_range_db: float = 45.0, path="array"
+):
     """Spectrogram values -> float32 in [0, 1]: 20 log10(|S| / max) clipped to [-D, 0] dB, / D + 1.
 
     magnitude: |S| (complex STFT or its modulus); power: |S|^2 (10 log10);
@@ -216,6 +236,7 @@ def read_spectrogram(
     colormaps: Sequence[str] = ("jet", "parula", "viridis"),
     max_residual: float = 40.0,
     crop_to_plot: bool = True,
+    plot_box: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, dict]:
     """One file -> (float32 (H, W) in [0, 1], info dict). Errors name the file."""
     path = Path(path)
@@ -224,7 +245,7 @@ def read_spectrogram(
         raise UserError(f"{path}: unsupported file type '{ext}'; supported: {' '.join(ALL_EXTS)}")
     try:
         if ext in IMAGE_EXTS:
-            a, kind, info = _read_image(path, colormaps, max_residual, crop_to_plot)
+            a, kind, info = _read_image(path, colormaps, max_residual, crop_to_plot, plot_box)
             kind = "unit" if kind == "unit" else value_kind
         else:
             a = _read_npy(path, variable) if ext in ARRAY_EXTS else _read_mat(path, variable)
@@ -234,7 +255,8 @@ def read_spectrogram(
     except Exception as err:  # PIL / numpy / scipy / h5py raise many types for a bad file
         raise UserError(
             f"cannot read {path}: {type(err).__name__}: {err}; the file is corrupt, truncated "
-            "or not what its extension says: replace or remove it (or set data.strict=false to skip it)"
+            "or not what its extension says: replace or remove it (or set data.strict=false to "
+            "skip it)"
         ) from None
     info["value_kind"] = guess_value_kind(a) if kind == "auto" else kind
     x = db_normalise(a, kind, dynamic_range_db, path)
@@ -255,18 +277,29 @@ def read_spectrogram(
 def dangling_links(folder: Path, exts: Sequence[str]) -> list[Path]:
     """Links with a data file's name whose target is gone: a listing filtered on is_file()
     drops them without a word, so a data set shrinks silently when a mount is missing."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts and p.is_symlink() and not p.exists())
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in exts and p.is_symlink() and not p.exists()
+    )
 
 
 def report_dangling(links: Sequence[Path], strict: bool) -> None:
     """strict: a UserError naming them; else one warning listing what is skipped."""
     if not links:
         return
-    shown = ", ".join(str(p) for p in links[:5]) + (f" and {len(links) - 5} more" if len(links) > 5 else "")
+    shown = ", ".join(str(p) for p in links[:5]) + (
+        f" and {len(links) - 5} more" if len(links) > 5 else ""
+    )
     if strict:
-        raise UserError(f"{len(links)} data files are symbolic links whose target is gone: {shown}; restore "
-                        "the targets (a missing mount?) or remove the links (data.strict=false skips them)")
-    warnings.warn(f"skipped {len(links)} symbolic links whose target is gone (strict=false): {shown}", stacklevel=2)
+        raise UserError(
+            f"{len(links)} data files are symbolic links whose target is gone: {shown}; restore "
+            "the targets (a missing mount?) or remove the links (data.strict=false skips them)"
+        )
+    warnings.warn(
+        f"skipped {len(links)} symbolic links whose target is gone (strict=false): {shown}",
+        stacklevel=2,
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -281,15 +314,23 @@ def grey_stack(x: np.ndarray, path, key: str = "arr_0") -> np.ndarray:
     if x.ndim == 3:
         return x
     if x.ndim != 4:
-        raise UserError(f"{path}: {key} has shape {x.shape}; expected images (N, H, W) or (N, H, W, C)")
+        raise UserError(
+            f"{path}: {key} has shape {x.shape}; expected images (N, H, W) or (N, H, W, C)"
+        )
     if x.shape[1] in (1, 3) and x.shape[-1] not in (1, 3):
         raise UserError(
-            f"{path}: {key} is channel-first (N, C, H, W) = {x.shape}; this reader takes channel-last "
-            f"(N, H, W, C), as `sample` and guided-diffusion write: save np.transpose({key}, (0, 2, 3, 1))"
+            f"{path}: {key} is channel-first (N, C, H, W) = {x.shape}; this reader takes "
+            f"channel-last "
+            f"(N, H, W, C), as `sample` and guided-diffusion write: save np.transpose({key}, (0, "
+            f"2, 3, 1))"
         )
     if x.shape[-1] == 1:
         return x[..., 0]
-    if x.shape[-1] == 3 and np.array_equal(x[..., 0], x[..., 1]) and np.array_equal(x[..., 0], x[..., 2]):
+    if (
+        x.shape[-1] == 3
+        and np.array_equal(x[..., 0], x[..., 1])
+        and np.array_equal(x[..., 0], x[..., 2])
+    ):
         return x[..., 0]  # grey stored as RGB: every channel holds the value
     raise UserError(
         f"{path}: {key} has shape {x.shape}: {x.shape[-1]} channels that are not one grey value; "
@@ -297,19 +338,24 @@ def grey_stack(x: np.ndarray, path, key: str = "arr_0") -> np.ndarray:
     )
 
 
-def check_labels(y: np.ndarray, n_images: int, n_classes: int, path, key: str = "arr_1") -> np.ndarray:
+def check_labels(
+    y: np.ndarray, n_images: int, n_classes: int, path, key: str = "arr_1"
+) -> np.ndarray:
     """Labels that index `n_classes` classes, one per image; else a UserError naming the fault.
     A negative label would otherwise index from the end of the class list without a word."""
     y = np.asarray(y)
     if y.ndim != 1 or len(y) != n_images:
-        raise UserError(f"{path}: {key} holds {y.shape} labels for {n_images} images; give one label per image")
+        raise UserError(
+            f"{path}: {key} holds {y.shape} labels for {n_images} images; give one label per image"
+        )
     if y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0)):
         raise UserError(f"{path}: {key} labels are {y.dtype}, not integer class indices")
     y = y.astype(np.int64)
     bad = y[(y < 0) | (y >= n_classes)]
     if bad.size:
         raise UserError(
-            f"{path}: {key} has labels outside 0..{n_classes - 1} (e.g. {sorted(set(bad.tolist()))[:5]}) "
+            f"{path}: {key} has labels outside 0..{n_classes - 1} (e.g. "
+            f"{sorted(set(bad.tolist()))[:5]}) "
             f"for {n_classes} class names; labels index the class list"
         )
     return y
