@@ -85,6 +85,16 @@ def check_latents_mode(cfg: DictConfig) -> None:
         )
 
 
+def describe_data(dm, run_dir: Path) -> None:
+    """The short form of what the model will see into the log, the full one (with a preview
+    grid of the inputs) into the run folder: what `inspect` shows before a run."""
+    from latent_diffusion.data import summary
+
+    s = summary.summarise(dm)
+    log.info("data: %s", summary.short_form(s))
+    summary.write(s, dm, run_dir)
+
+
 def latent_space(cfg: DictConfig, dm, vae) -> tuple[int, int, int]:
     """The (C, H, W) the model sees: the VAE's latent shape (its latent cache attached when
     data.latents=cached), or the pixels' for a pixel-space baseline. Shared by `train` and
@@ -108,6 +118,7 @@ def build(cfg: DictConfig):
     dm = instantiate(cfg.data)
     dm.prepare_data()
     dm.setup()
+    describe_data(dm, Path(cfg.paths.output_dir))
     vae = load_or_train_vae(cfg, dm)  # None for a pixel-space baseline (vae=none)
     latent_shape = latent_space(cfg, dm, vae)
 

@@ -139,3 +139,25 @@ def test_data_set_of_one_layout_is_silent(tmp_path, recwarn):
     src = ImageFolderSource(root=tmp_path / "figs", image_size=32, val_fraction=0, test_fraction=0)
     assert src.crop_report == {"size": [128, 128], "differ": []}
     assert not [w for w in recwarn if "figures" in str(w.message)]
+
+
+def test_inspect_shows_crops_maps_and_the_odd_file(tmp_path):
+    """`inspect` on a folder of figures, as a user runs it: counts per class, the crop sizes
+    with the odd file named, the colour maps, and a preview grid of the model inputs."""
+    from PIL import Image
+
+    from tests.cli import run_cli
+
+    _folder(tmp_path, {"run/2": FigureStyle(plot_h=128, plot_w=120)})  # 6% wider: a warning
+    out = tmp_path / "inspect"
+    args = [f"data.root={tmp_path / 'figs'}", "data.image_size=32", "data.val_fraction=0.25"]
+    args += [f"out_dir={out}", f"paths.root_dir={tmp_path}", "data.test_fraction=0"]
+    proc = run_cli("inspect", "data=image_folder", *args, cwd=tmp_path)
+    text = proc.stdout
+    assert "image_folder: 2 classes; train/val/test 6/2/0; 1x32x32" in text
+    assert "plot crops (px): 128x128: 7, 128x120: 1" in text
+    assert "differing from the majority: run/2.jpg" in text
+    assert "colour maps: jet 8" in text
+    grid = np.asarray(Image.open(out / "data_preview.png"))
+    assert grid.shape == (2 * 32, 6 * 32) and grid[:32, : 3 * 32].std() > 10  # 3 real tiles
+    assert (grid[:32, 3 * 32 :] == 0).all()  # 3 training files per class: the rest is padding

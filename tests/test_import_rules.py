@@ -22,6 +22,7 @@ OURS = (
     "pipeline",
     "sampling",
     "validation",
+    "inspect",
     "train",
     "train_vae",
     "train_classifier",

@@ -179,7 +179,8 @@ class ImageFolderSource:
             "split": stable_hash(mapping),
             **{k: (list(v) if isinstance(v, tuple) else v) for k, v in self.read_kwargs.items()},
         }
-        self.crop_report = None  # set when the files are read (not from the cache)
+        # what reading found, for `inspect` / the data summary (not known from the cache)
+        self.crop_report, self.read_info, self.skipped = None, {}, []
         self._data = self._load_all(mapping, cache_dir)
 
     # -- discovery --------------------------------------------------------
@@ -337,6 +338,7 @@ class ImageFolderSource:
                     masked.append(f"{rel} ({info['masked_fraction']:.0%})")
                 if "plot_box" in info:
                     boxes[rel] = info["plot_box"]
+                self.read_info[rel] = info
                 shapes.setdefault(x.shape, rel)
                 if len(shapes) > 1:
                     (s0, f0), (s1, f1) = list(shapes.items())[:2]
@@ -362,6 +364,7 @@ class ImageFolderSource:
                 f"from neighbours (check max_residual / colormaps): {'; '.join(masked[:5])}",
                 stacklevel=2,
             )
+        self.skipped = skipped
         if skipped:
             warnings.warn(
                 f"skipped {len(skipped)} unreadable files (strict=false): " + "; ".join(skipped),

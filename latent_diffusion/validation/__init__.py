@@ -251,7 +251,16 @@ def _bench(cfg) -> None:
     check_out_dir(select(cfg, "out_dir", None), "out_dir", ours=("bench.json",), task="bench")
 
 
+def _inspect(cfg) -> None:
+    _check_data(cfg)
+    check_ranges(cfg, [("preview_per_class", "count")])
+    check_out_dir(
+        select(cfg, "out_dir", None), "out_dir", ours=("data_summary.json",), task="inspect"
+    )
+
+
 CHECKS = {
+    "inspect": _inspect,
     "train": _train,
     "train_vae": _train_vae,
     "simulate": _simulate,
