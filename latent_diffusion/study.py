@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from latent_diffusion.utils.errors import UserError, report_user_errors
 from latent_diffusion.utils.io import atomic_write_json
+from latent_diffusion.validation import preflight
 
 log = logging.getLogger(__name__)
 IDENTITY = (
@@ -384,6 +385,7 @@ def _figure(agg: dict):
 @hydra.main(version_base="1.3", config_path="../conf", config_name="study")
 @report_user_errors
 def main(cfg: DictConfig) -> None:
+    preflight("study", cfg)
     run_study(cfg)
 
 

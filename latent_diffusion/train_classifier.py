@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from latent_diffusion.utils.errors import UserError, report_user_errors
+from latent_diffusion.validation import preflight
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,7 @@ def train_classifier(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train_classifier")
 @report_user_errors
 def main(cfg: DictConfig) -> float | None:
+    preflight("train_classifier", cfg)
     return train_classifier(cfg).get("val/loss")
 
 

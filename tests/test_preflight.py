@@ -44,6 +44,8 @@ def test_defaults_of_every_entry_point_pass(tmp_path):
         ("sample", ("run=x",)),
         ("evaluate", ("generated=x",)),
         ("bench", ()),
+        ("train_classifier", ()),
+        ("study", ("study_dir=s",)),
     ]:
         preflight(entry, _cfg(entry, tmp_path, *extra))
 
@@ -126,10 +128,18 @@ def test_a_foreign_folder_is_not_overwritten(tmp_path):
         ),
         ("bench", "threads=0", r"threads=0"),
         ("bench", "repeats=0", r"repeats=0"),
+        ("train_classifier", "trainer.max_steps=0", r"trainer.max_steps=0"),
+        ("train_classifier", "ema_decay=1.0", r"ema_decay=1.0: must be a number in \[0, 1\)"),
+        ("train_classifier", "latent_noise=-1", r"latent_noise=-1"),
+        ("study", "fractions=[0.1,1.5]", r"fractions=\[0.1, 1.5\]: each must be a number in"),
+        ("study", "seeds=[0,0]", r"seeds=\[0, 0\]: an entry is listed twice"),
+        ("study", "recipe.min_steps=0", r"recipe.min_steps=0"),
     ],
 )
 def test_numbers_out_of_range_name_the_key(tmp_path, entry, override, match):
-    extra = {"sample": ("run=x",), "evaluate": ("generated=x",)}.get(entry, ())
+    extra = {"sample": ("run=x",), "evaluate": ("generated=x",), "study": ("study_dir=s",)}.get(
+        entry, ()
+    )
     _refused(entry, tmp_path, *extra, override, match=match)
 
 
@@ -182,7 +192,9 @@ def test_sizes_the_vae_cannot_take_whichever_way_it_arrives(tmp_path):
     ],
 )
 def test_a_class_listed_twice_is_refused(tmp_path, entry, key):
-    extra = {"sample": ("run=x",), "evaluate": ("generated=x",)}.get(entry, ())
+    extra = {"sample": ("run=x",), "evaluate": ("generated=x",), "study": ("study_dir=s",)}.get(
+        entry, ()
+    )
     _refused(
         entry,
         tmp_path,

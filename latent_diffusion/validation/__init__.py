@@ -259,8 +259,54 @@ def _inspect(cfg) -> None:
     )
 
 
+def _train_classifier(cfg) -> None:
+    if not select(cfg, "denoiser_run", None):  # else the data config is the denoiser run's
+        _check_data(cfg)
+        check_sizes(cfg, "data.image_size")
+    check_ranges(
+        cfg,
+        [
+            ("trainer.max_steps", "count"),
+            ("warmup_steps", "count0"),
+            ("ema_decay", "decay"),
+            ("seed", "int"),
+            ("optimizer.lr", "positive"),
+            ("optimizer.weight_decay", "nonneg"),
+            ("small_t_power", "nonneg"),
+            ("latent_noise", "nonneg"),
+            ("val_buckets", "count"),
+        ],
+    )
+    check_out_dir(select(cfg, "paths.output_dir", None), "paths.output_dir")
+    check_out_dir(
+        select(cfg, "export_dir", None),
+        "export_dir",
+        ours=("classifier.json",),
+        task="train_classifier",
+    )
+
+
+def _study(cfg) -> None:
+    check_ranges(cfg, [("recipe.steps_per_image", "positive"), ("recipe.min_steps", "count")])
+    fractions = select(cfg, "fractions", [])
+    bad = [f for f in fractions if not isinstance(f, int | float) or not 0 < f <= 1]
+    if bad or not fractions:
+        raise UserError(f"fractions={list(fractions)}: each must be a number in (0, 1]")
+    for key in ("seeds", "multipliers"):
+        vals = list(select(cfg, key, []) or [])
+        if not vals or any(not isinstance(v, int) or v < 0 for v in vals):
+            raise UserError(f"{key}={vals}: give a non-empty list of integers >= 0")
+        if len(set(vals)) != len(vals):
+            raise UserError(f"{key}={vals}: an entry is listed twice")
+    if str(select(cfg, "study_dir", "???")) in ("", "???", "None"):
+        raise UserError("study_dir is not set: pass study_dir=DIR (a new folder, or one to resume)")
+    check_out_dir(select(cfg, "study_dir", None), "study_dir")
+
+
 CHECKS = {
     "inspect": _inspect,
+    "train_classifier": _train_classifier,
+    "study": _study,
     "train": _train,
     "train_vae": _train_vae,
     "simulate": _simulate,
