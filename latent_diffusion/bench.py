@@ -12,6 +12,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from latent_diffusion.utils.config_errors import report_config_errors
 from latent_diffusion.utils.errors import UserError, report_user_errors
 from latent_diffusion.validation import preflight
 
@@ -26,6 +27,7 @@ def with_quick(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     return OmegaConf.merge(cfg, cfg.quick_settings, OmegaConf.from_dotlist(cli))
 
 
+@report_config_errors
 @hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
 @report_user_errors
 def main(cfg: DictConfig) -> None:

@@ -15,6 +15,7 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
+from latent_diffusion.utils.config_errors import report_config_errors
 from latent_diffusion.utils.errors import report_user_errors
 from latent_diffusion.validation import preflight
 
@@ -31,6 +32,7 @@ def run_evaluation(cfg: DictConfig) -> dict:
     return metrics
 
 
+@report_config_errors
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 @report_user_errors
 def main(cfg: DictConfig) -> None:

@@ -14,6 +14,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
+from latent_diffusion.utils.config_errors import report_config_errors
 from latent_diffusion.utils.errors import report_user_errors
 from latent_diffusion.validation import preflight
 
@@ -39,6 +40,7 @@ def inspect_data(cfg: DictConfig) -> dict:
     return s
 
 
+@report_config_errors
 @hydra.main(version_base="1.3", config_path="../conf", config_name="inspect")
 @report_user_errors
 def main(cfg: DictConfig) -> None:

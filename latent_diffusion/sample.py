@@ -12,10 +12,12 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from latent_diffusion.utils.config_errors import report_config_errors
 from latent_diffusion.utils.errors import report_user_errors
 from latent_diffusion.validation import preflight
 
 
+@report_config_errors
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sample")
 @report_user_errors
 def main(cfg: DictConfig) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
 
+from latent_diffusion.utils.config_errors import report_config_errors
 from latent_diffusion.utils.errors import UserError, report_user_errors
 from latent_diffusion.utils.io import atomic_dir, check_replaceable
 from latent_diffusion.utils.pixels import png_bytes
@@ -112,6 +113,7 @@ def simulate(cfg: DictConfig) -> Path:
     return out
 
 
+@report_config_errors
 @hydra.main(version_base="1.3", config_path="../conf", config_name="simulate")
 @report_user_errors
 def main(cfg: DictConfig) -> None:

@@ -30,6 +30,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from latent_diffusion.utils.config_errors import report_config_errors
 from latent_diffusion.utils.errors import UserError, report_user_errors
 from latent_diffusion.utils.io import atomic_write_json
 from latent_diffusion.validation import preflight
@@ -382,6 +383,7 @@ def _figure(agg: dict):
     return augmentation_plot(curve)
 
 
+@report_config_errors
 @hydra.main(version_base="1.3", config_path="../conf", config_name="study")
 @report_user_errors
 def main(cfg: DictConfig) -> None:

@@ -16,6 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from latent_diffusion.utils.config_errors import report_config_errors
 from latent_diffusion.utils.errors import UserError, report_user_errors
 from latent_diffusion.validation import preflight
 
@@ -241,6 +242,7 @@ def _finish_wandb(trainer) -> None:
                 wandb.finish()
 
 
+@report_config_errors
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @report_user_errors
 def main(cfg: DictConfig) -> float | None:

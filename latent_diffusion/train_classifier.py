@@ -16,6 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from latent_diffusion.utils.config_errors import report_config_errors
 from latent_diffusion.utils.errors import UserError, report_user_errors
 from latent_diffusion.validation import preflight
 
@@ -159,6 +160,7 @@ def train_classifier(cfg: DictConfig) -> dict:
     return metrics
 
 
+@report_config_errors
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train_classifier")
 @report_user_errors
 def main(cfg: DictConfig) -> float | None:

@@ -21,6 +21,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
+from latent_diffusion.utils.config_errors import report_config_errors
 from latent_diffusion.utils.errors import UserError, report_user_errors
 from latent_diffusion.validation import preflight
 
@@ -113,6 +114,7 @@ def train_vae_for(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | N
     return train_vae(vcfg)
 
 
+@report_config_errors
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train_vae")
 @report_user_errors
 def main(cfg: DictConfig) -> None:

@@ -15,18 +15,24 @@ def run_cli(
     check: bool = True,
     env: dict | None = None,
     timeout: int = 900,
+    drop_env: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess:
+    """No HYDRA_FULL_ERROR: errors are seen as users see them (the entry points print full
+    tracebacks of bugs themselves). stdin is closed: a command that prompts fails here.
+    `drop_env` removes variables, e.g. WANDB_MODE to run with wandb's defaults."""
     full_env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"},
         "WANDB_MODE": "offline",
         "WANDB_SILENT": "true",
-        "HYDRA_FULL_ERROR": "1",
         **(env or {}),
     }
+    for key in drop_env:
+        full_env.pop(key, None)
     proc = subprocess.run(
         [sys.executable, "-m", f"latent_diffusion.{entry}", *overrides],
         cwd=cwd,
         env=full_env,
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -265,6 +266,9 @@ def test_every_cli_checks_before_any_work(tmp_path):
         "sample": ["run=nowhere", "guidance=inf"],
         "evaluate": ["generated=x", f"out_dir={f}"],
         "bench": ["threads=0"],
+        "inspect": [f"out_dir={f}"],
+        "train_classifier": ["trainer.max_steps=0"],
+        "study": ["study_dir=s", "fractions=[0.1,2]"],
     }
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     procs = {
@@ -294,3 +298,50 @@ def test_what_the_run_changes_is_said_once(tmp_path, caplog):
         preflight("train_vae", _cfg("train_vae", tmp_path, "data.batch_size=16"))
     assert caplog.text.count("vae.batch_size=16 (its recipe), not data.batch_size=32") == 1
     assert "data.batch_size=16" not in caplog.text
+
+
+# ------------------------------------------------------- command lines Hydra cannot compose
+@pytest.mark.parametrize(
+    "entry,override,said",
+    [
+        ("simulate", "n_per_clas=5", "there is no key 'n_per_clas'; did you mean n_per_class=5?"),
+        ("train", "data.batch_sise=3", "did you mean data.batch_size=3?"),
+        ("train", "data.radr.prf_hz=3", "did you mean data.radar?"),
+        ("evaluate", "zzz=1", "the keys under the top level are: augmentation, cache_dir"),
+        (
+            "train",
+            "model=smal",
+            "model=smal: no such option for 'model'; did you mean model=small?",
+        ),
+        # an optional group used to skip an unknown name without a word and train the default
+        ("train", "experiment=dem", "did you mean experiment=demo?"),
+        ("train_classifier", "debug=fsat", "did you mean debug=fast?"),
+        ("sample", "guidance=[1", "cannot read the override 'guidance=[1'"),
+        ("inspect", "data.batch_size=1,2", "a comma on the command line is a sweep; add -m"),
+    ],
+)
+def test_a_mistyped_command_line_is_one_line_naming_the_nearest_key(
+    tmp_path, monkeypatch, capsys, entry, override, said
+):
+    """In-process, run as `python -m latent_diffusion.<entry>` runs it (runpy, as __main__),
+    without HYDRA_FULL_ERROR: without our decorator Hydra prints several lines and exits 1."""
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # restored at teardown; "0" is unset to Hydra
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [entry, override])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module(f"latent_diffusion.{entry}", run_name="__main__")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert said in lines[0]
+    assert "Traceback" not in err and list(tmp_path.iterdir()) == []
+
+
+def test_hydra_full_error_set_by_the_user_keeps_hydras_traceback(monkeypatch):
+    from hydra.errors import ConfigCompositionException
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    monkeypatch.setattr(sys, "argv", ["simulate", "n_per_clas=5"])
+    with pytest.raises(ConfigCompositionException, match="Could not override 'n_per_clas'"):
+        runpy.run_module("latent_diffusion.simulate", run_name="__main__")

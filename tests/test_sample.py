@@ -370,7 +370,7 @@ def test_two_ranks_under_torchrun_write_the_same_images_as_one_process(sample_sr
         "progress=false",
     )
     one = _sample(sample_src, tmp_path / "one", *args)
-    env = {**os.environ, **ONE_THREAD, "HYDRA_FULL_ERROR": "1"}
+    env = {**os.environ, **ONE_THREAD}
     proc = subprocess.run(
         [
             torchrun,

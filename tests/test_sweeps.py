@@ -41,6 +41,7 @@ def _last_val_loss(job: Path) -> float:
 
 @pytest.mark.slow
 def test_two_job_sweep_gives_each_job_its_own_dir_export_and_wandb_run(workdir):
+    # with wandb's own defaults (no WANDB_MODE, stdin closed): offline, never a login prompt
     run_cli(
         "train",
         "-m",
@@ -49,6 +50,7 @@ def test_two_job_sweep_gives_each_job_its_own_dir_export_and_wandb_run(workdir):
         "run_name=lr_sweep",
         "optimizer.lr=1e-3,3e-3",
         cwd=workdir,
+        drop_env=("WANDB_MODE", "WANDB_SILENT", "WANDB_API_KEY"),
     )
     sweep = workdir / "outputs" / "train" / "multirun" / "lr_sweep"
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
