@@ -136,27 +136,28 @@ def test_cas_on_real_test_is_trtr_and_tstr_on_real_train_matches_trtr(real, mode
 
 
 @pytest.mark.slow
-def test_augmentation_curve_shape_and_gain(real):
+def test_augmentation_curve_adds_the_generated_images(real):
+    """The arms train on what they say: 'samples' that are the real images the 20% subset
+    lacks raise the accuracy over real only; noise 'samples' with random labels lower it.
+    The paired differences and the gain are those of the same runs."""
     (tx, ty), (sx, sy) = real["train"], real["test"]
-    cfg = ClassifierConfig(width=8, steps=30, batch_size=32)
-    with one_thread():
-        curve = protocol.augmentation_curve(
-            tx,
-            ty.numpy(),
-            tx,
-            ty.numpy(),
-            sx,
-            sy.numpy(),
-            CLASSES,
-            cfg,
-            fractions=[0.2],
-            multipliers=[0, 2],
-            seeds=[0],
-        )
-    row = curve["0.2"]
-    assert set(row["accuracy"]) == {"0", "2"}
-    assert row["gain"] == pytest.approx(row["accuracy"]["2"]["mean"] - row["accuracy"]["0"]["mean"])
-    assert all(0 <= v["mean"] <= 1 for v in row["accuracy"].values())
+    cfg = ClassifierConfig(width=8, steps=60, batch_size=32)
+    noise = torch.rand_like(tx) * 2 - 1
+    noise_y = np.random.default_rng(0).integers(0, len(CLASSES), len(tx))
+
+    def curve(gen_x, gen_y):
+        with one_thread():
+            return protocol.augmentation_curve(
+                tx, ty.numpy(), gen_x, gen_y, sx, sy.numpy(), CLASSES, cfg,
+                fractions=[0.1], multipliers=[0, 4], seeds=[0],
+            )["0.1"]  # fmt: skip
+
+    helped, hurt = curve(tx, ty.numpy()), curve(noise, noise_y)
+    assert helped["accuracy"]["0"] == hurt["accuracy"]["0"]  # the same real-only runs
+    real_only = helped["accuracy"]["0"]["mean"]
+    assert helped["accuracy"]["4"]["mean"] > real_only + 0.05, helped["accuracy"]
+    assert hurt["accuracy"]["4"]["mean"] < real_only - 0.05, hurt["accuracy"]
+    assert helped["gain"] == pytest.approx(helped["accuracy"]["4"]["mean"] - real_only)
 
 
 def test_stratified_subset_counts():
@@ -268,17 +269,27 @@ def test_generated_errors(tmp_path):
 
 
 def test_training_callback_scores(real, model):
-    """The callback's numbers: real held-out images as 'samples' score the TRTR accuracy as CAS
-    and an FID at the real-vs-real floor; noise scores far worse on both."""
+    """The callback's numbers: half of the real test set as 'samples', the other half as the
+    held-out real set (two different draws): FID near the real-vs-real floor and CAS equal to
+    the classifier's accuracy on those images, their labels rolled by one class a CAS near 0;
+    noise scores far worse on both against an unchanged floor."""
     from latent_diffusion.metrics.callback import domain_scores
 
     (tx, _), (sx, sy) = real["train"], real["test"]
+    ref = tx[torch.randperm(len(tx), generator=torch.Generator().manual_seed(0))]  # as the callback
+    held, gen_x, gen_y = sx[0::2], sx[1::2], sy[1::2].numpy()  # both halves hold every class
     feats = DomainFeatures(model)
-    good = domain_scores(model, feats, tx, sx, sx, sy.numpy())
-    assert good["eval/fid_domain"] == pytest.approx(good["eval/fid_real_vs_real"])
-    assert good["eval/cas"] == pytest.approx(float((predict(model, sx) == sy.numpy()).mean()))
-    bad = domain_scores(model, feats, tx, sx, torch.rand_like(sx) * 2 - 1, sy.numpy())
-    assert bad["eval/fid_domain"] > 10 * good["eval/fid_domain"] and bad["eval/cas"] < 0.5
+    good = domain_scores(model, feats, ref, held, gen_x, gen_y)
+    mislabelled = domain_scores(model, feats, ref, held, gen_x, (gen_y + 1) % len(CLASSES))
+    bad = domain_scores(model, feats, ref, held, torch.rand_like(gen_x) * 2 - 1, gen_y)
+    floor = good["eval/fid_real_vs_real"]
+    assert bad["eval/fid_real_vs_real"] == floor
+    assert good["eval/fid_domain"] != floor  # two real draws, two values
+    assert good["eval/fid_domain"] < 3 * floor
+    assert bad["eval/fid_domain"] > 10 * good["eval/fid_domain"]
+    assert good["eval/cas"] == pytest.approx(float((predict(model, gen_x) == gen_y).mean()))
+    assert good["eval/cas"] > 0.8 and bad["eval/cas"] < 0.5
+    assert mislabelled["eval/cas"] < 1 - good["eval/cas"] + 0.05
 
 
 def test_vae_ceiling_vae_from_a_run_export(tmp_path):
