@@ -1,9 +1,9 @@
 """`python -m latent_diffusion.bench quick=true` through the real CLI: the JSON has every
 documented field, every throughput is positive and finite, and every ratio is the
 quotient of the same run's numbers. The speeds themselves are not asserted (a shared CI
-machine's timings are noise; `bench` measures them, docs/benchmarks.md reports them), except the
-guidance cost, which is
-structural: one batched forward of 2B, not more than two forwards of B."""
+machine's timings are noise; `bench` measures them, docs/benchmarks.md reports them). That
+guidance is one batched forward of 2B is structural and asserted on the call batch sizes
+(test_samplers.py::test_guidance_one_batched_call_all_channels_and_w1_is_conditional)."""
 
 from __future__ import annotations
 
@@ -117,15 +117,12 @@ def test_ratios_are_quotients_of_the_same_run(bench):
     )
 
 
-def test_guidance_costs_one_batched_forward(bench):
-    """cfg_model_fn evaluates [x; x] in one call: never slower than two calls of B
-    (1.6 leaves room for the noise of a shared 2-core machine)."""
+def test_guidance_cost_is_the_quotient_of_its_variants(bench):
     g = bench[0]["parts"]["sample"]["guidance_forward"]
     med = {k: v["median_s"] for k, v in g["variants"].items()}
     assert g["ratios"]["guided_over_two_forwards"] == pytest.approx(
         med["guided_batched"] / med["two_forwards"]
     )
-    assert g["ratios"]["guided_over_two_forwards"] < 1.6
 
 
 def test_unknown_part_is_a_user_error(tmp_path, request):
@@ -137,6 +134,7 @@ def test_unknown_part_is_a_user_error(tmp_path, request):
         check=False,
         timeout=120,
     )
-    assert proc.returncode != 0
-    assert "warp" in proc.stderr and "choose from" in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "warp" in lines[0] and "choose from" in lines[0]
     assert not (tmp_path / "bench.json").exists()

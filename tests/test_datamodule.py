@@ -73,13 +73,32 @@ def test_worker_count_does_not_change_the_data(tmp_path):
     torch.testing.assert_close(xa, xb, rtol=0, atol=0)
 
 
-def test_time_flip_reverses_the_time_axis():
-    x = torch.arange(12.0).view(1, 3, 4)
+def test_time_and_doppler_augmentations_move_the_axis_they_name():
+    torch.manual_seed(0)
+    x = torch.arange(12.0).view(1, 3, 4)  # (C, H=velocity, W=time), every value distinct
     flipped = [Augment(time_flip=True)(x) for _ in range(40)]
     assert any(torch.equal(f, x.flip(-1)) for f in flipped)
     assert all(torch.equal(f, x) or torch.equal(f, x.flip(-1)) for f in flipped)
-    shifted = Augment(time_shift=True)(x)
-    assert torch.equal(shifted.sort(-1).values, x.sort(-1).values)  # same values, rolled in time
+    # time_shift=true: a circular roll along time by any of the W offsets, each seen
+    rolls = set()
+    for _ in range(80):
+        f = Augment(time_shift=True)(x)
+        offsets = [k for k in range(4) if torch.equal(f, torch.roll(x, k, dims=-1))]
+        assert len(offsets) == 1, f  # a roll along time, never along velocity
+        rolls.add(offsets[0])
+    assert rolls == {0, 1, 2, 3}
+    # a fraction: offsets bounded by round(0.25 * 8) = 2 either way
+    wide = torch.arange(24.0).view(1, 3, 8)
+    seen = set()
+    for _ in range(100):
+        f = Augment(time_shift=0.25)(wide)
+        (k,) = [k for k in range(-4, 4) if torch.equal(f, torch.roll(wide, k, dims=-1))]
+        seen.add(k)
+    assert seen == {-2, -1, 0, 1, 2}
+    # doppler_flip: rows (velocity) reversed, time untouched; about half the time
+    dflip = [Augment(doppler_flip=True)(x) for _ in range(40)]
+    assert all(torch.equal(f, x) or torch.equal(f, x.flip(-2)) for f in dflip)
+    assert 5 < sum(torch.equal(f, x.flip(-2)) for f in dflip) < 35
 
 
 @pytest.mark.parametrize(

@@ -246,8 +246,18 @@ def test_source_splits_cache_and_errors(tmp_path, monkeypatch):
     x, y = train[5]
     assert x.dtype == torch.float32 and x.shape == (1, 64, 64)
     assert x.min() >= -1 and x.max() == 1 and y == 1
-    # disjoint seed streams: val sample 0 is not train sample 0
-    assert not torch.equal(train[0][0], val[0][0])
+    # disjoint seed streams: no seed and no image is shared between any two splits
+    seeds = {
+        s: {
+            tuple(sample_seed(0, s, c, i))
+            for c in ("walk", "box")
+            for i in range({"train": 4, "val": 2, "test": 3}[s])
+        }
+        for s in ("train", "val", "test")
+    }
+    assert sum(len(v) for v in seeds.values()) == len(set().union(*seeds.values())) == 18
+    images = [d[i][0].numpy().tobytes() for d in (train, val, test) for i in range(len(d))]
+    assert len(set(images)) == 18
     # pixels are the simulator's, quantised the same way with or without a cache
     img, _ = simulate_one("walk", sample_seed(0, "train", "walk", 0), 64)
     assert torch.equal(x.new_tensor(sim.quantize(img) / 65535.0)[None] * 2 - 1, train[0][0])

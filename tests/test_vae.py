@@ -9,6 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DModel
@@ -88,10 +89,11 @@ def test_per_channel_and_global_stats_standardise_the_latents():
     std = z.transpose(0, 1).reshape(4, -1).std(dim=1)
     assert torch.allclose(std, torch.ones(4), atol=0.1), std
     # global option: one pair; the pooled latents have unit variance
-    g = FrozenVAE(model, None, 1, "x").ensure_stats(
-        _batches(x), None, per_channel=False, min_latents=96
-    )
+    gvae = FrozenVAE(model, None, 1, "x")
+    g = gvae.ensure_stats(_batches(x), None, per_channel=False, min_latents=96)
     assert len(g.scale) == len(g.shift) == 1 and not g.per_channel
+    zg = torch.cat([gvae.encode(x[i : i + 32]) for i in range(0, 96, 32)])
+    assert abs(float(zg.std()) - 1) < 0.1 and abs(float(zg.mean())) < 0.1, (zg.std(), zg.mean())
 
 
 # ------------------------------------------------------------------ a user's own diffusers VAE
@@ -99,7 +101,7 @@ def test_per_channel_and_global_stats_standardise_the_latents():
 
 def test_pretrained_diffusers_vae_in_a_pipeline_folder(tmp_path):
     pipe = tmp_path / "my_pipeline"
-    _save_rgb_f8(pipe / "vae")
+    raw = _save_rgb_f8(pipe / "vae").eval()
     (pipe / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     x = _random_images(48, c=1, seed=2)  # 1-channel spectrograms on a 3-channel VAE
     cache = tmp_path / "cache"
@@ -122,7 +124,14 @@ def test_pretrained_diffusers_vae_in_a_pipeline_folder(tmp_path):
     assert len(list((cache / "vae_stats").glob("*.json"))) == 1
     z = vae.encode(x[:4])
     assert z.shape == (4, 4, 8, 8) and vae.latent_shape(128) == (4, 16, 16)
-    assert vae.decode(z).shape == (4, 1, 64, 64)  # RGB decode averaged back to one channel
+    # the grey <-> RGB bridge against the raw diffusers model: the grey image repeated into
+    # the three input channels, the three decoded channels averaged back into one
+    with torch.no_grad():
+        raw_mean = raw.encode(x[:4].repeat(1, 3, 1, 1)).latent_dist.mean
+        raw_rgb = raw.decode(vae.unscale_latents(z)).sample  # (4, 3, 64, 64)
+    torch.testing.assert_close(vae.posterior(x[:4])[0], raw_mean)
+    assert (raw_rgb[:, 0] - raw_rgb[:, 1]).abs().max() > 1e-3  # the channels differ: a real mean
+    torch.testing.assert_close(vae.decode(z), raw_rgb.mean(1, keepdim=True).clamp(-1, 1))
 
     # Second use: the cached stats are reused without measuring (no warning).
     with warnings.catch_warnings():
@@ -239,8 +248,37 @@ def test_train_vae_cli_writes_the_export(trained_export):
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["training"]["steps"] == 100
-    assert metrics["val"]["psnr_bicubic_baseline"] > 0
     assert not list(out.parent.glob(".vae.*"))  # no temporary folder left behind
+    # The reported figures are the exported VAE's, recomputed here on the validation split:
+    # posterior-mean reconstructions, and the 32x32 area thumbnail (as many numbers as a
+    # 4x16x16 latent) brought back up bicubically.
+    val = torch.stack([x for x, _ in dm.dataset("val")])
+    vae = FrozenVAE.load(out, 1)
+    xr = vae.decode(vae.encode(val, sample=False))
+    thumb = torch.nn.functional.interpolate(val, size=(32, 32), mode="area")
+    base = torch.nn.functional.interpolate(thumb, size=(64, 64), mode="bicubic").clamp(-1, 1)
+    m = metrics["val"]
+    assert m["n_images"] == len(val) == 64
+    for key, img in (("psnr", xr), ("psnr_bicubic_baseline", base)):
+        want = float(peak_signal_noise_ratio(to_unit(img), to_unit(val), data_range=1.0))
+        assert m[key] == pytest.approx(want, abs=1e-3), key
+    mean_img = val.mean(0, keepdim=True).expand_as(val)
+    psnr_mean = float(peak_signal_noise_ratio(to_unit(mean_img), to_unit(val), data_range=1.0))
+    assert m["psnr"] > psnr_mean and 0 < m["ssim"] < 1 and 0 < m["ssim_bicubic_baseline"] < 1
+    # reconstructions.png: originals (one per class) above their reconstructions, x3 nearest
+    from PIL import Image
+
+    png = np.asarray(Image.open(out / "reconstructions.png"))[::3, ::3]  # (2*66-2, 8*66-2)
+    assert png.shape == (130, 526)
+    from latent_diffusion.vae.export import one_per_class
+
+    firsts = one_per_class(dm.dataset("val"))  # (8, 1, 64, 64), the first of each class
+    top = (to_unit(firsts[:, 0]) * 255).round().numpy().astype(np.uint8)
+    bottom = (to_unit(vae.decode(vae.encode(firsts, sample=False))[:, 0]) * 255).round()
+    for i in range(8):
+        np.testing.assert_array_equal(png[:64, 66 * i : 66 * i + 64], top[i])
+        diff = np.abs(png[66:, 66 * i : 66 * i + 64].astype(int) - bottom[i].numpy())
+        assert diff.max() <= 1
 
 
 @pytest.mark.slow
