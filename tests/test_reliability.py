@@ -166,30 +166,36 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_whole(tmp_pat
 
 # ------------------------------------------------------------------ SIGTERM / SIGUSR1
 @pytest.mark.slow
-def test_sigterm_saves_last_ckpt_exits_143_and_resumes(whole_run, workdir):
+def test_sigterm_and_sigusr1_save_last_ckpt_exit_128_plus_signal_and_resume(whole_run, workdir):
+    """SIGTERM (SLURM / Kubernetes before a kill) and SIGUSR1 (a scheduler's warning outside
+    SLURM), each sent to its own real `train` process, side by side."""
     run = workdir / "outputs" / "train" / "preempted"
+    usr1_run = workdir / "outputs" / "train" / "usr1"
     proc = _start_train(workdir, "run_name=preempted", "trainer.max_steps=400")
-    _wait_for(run / "checkpoints" / "last.ckpt", proc)
-    proc.send_signal(signal.SIGTERM)  # what SLURM / Kubernetes send before killing
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
-    assert "stopped by signal 15" in out and "ckpt_path=last" in out
+    usr1 = _start_train(workdir, "run_name=usr1", "trainer.max_steps=400")
+    for p, r, sig in ((proc, run, signal.SIGTERM), (usr1, usr1_run, signal.SIGUSR1)):
+        _wait_for(r / "checkpoints" / "last.ckpt", p)
+        p.send_signal(sig)
+    for p, r, sig in ((proc, run, signal.SIGTERM), (usr1, usr1_run, signal.SIGUSR1)):
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 128 + sig, out[-3000:]  # 143, 138
+        assert f"stopped by signal {int(sig)}" in out and "ckpt_path=last" in out
+        assert 2 <= _ckpt(r)["global_step"] < 400
+        assert not (r / "export").exists()
     step = _ckpt(run)["global_step"]
-    assert 2 <= step < 400
-    assert not (run / "export").exists()
     run_cli(
         "train",
         *FAST,
         "run_name=preempted",
-        f"trainer.max_steps={step + 2}",
+        f"trainer.max_steps={step + 3}",  # odd: not a multiple of the checkpoint interval (2)
         "ckpt_path=last",
         cwd=workdir,
         env=ENV,
     )
-    after = _ckpt(run)
-    assert after["global_step"] == step + 2
+    after = _ckpt(run)  # last.ckpt is the final step's, not the last interval's
+    assert after["global_step"] == step + 3
     assert {float(s["step"]) for s in after["optimizer_states"][0]["state"].values()} == {
-        step + 2.0
+        step + 3.0
     }
     assert (run / "export" / "export.json").is_file()
 
