@@ -42,8 +42,10 @@ def stages(fast: bool) -> list[tuple[str, list[str]]]:
     if fast:  # a smoke run of the same pipeline (tests)
         train += ["debug=fast", "trainer.max_steps=20", "trainer.val_check_interval=10"]
         sample[-2] = "n_per_class=8"
-        evaluate += [
-            "real.n_per_class=16",
+        evaluate += [  # the real data debug=fast trained on: the generator's own subset
+            "real.n_per_class=8",
+            "real.val_per_class=2",
+            "real.test_per_class=2",
             "classifier.steps=20",
             "protocol.steps=20",
             "min_samples=8",
