@@ -106,3 +106,49 @@ def test_data_latents_that_contradict_the_vae_choice_are_refused_not_rewritten(o
     check_latents_mode(
         _compose("train", ["experiment=pixel_baseline"])
     )  # the documented way: accepted
+
+
+# ------------------------------------------------------------------ values the code derives
+def test_simulate_overrides_reach_what_is_written(tmp_path):
+    """image_size, classes, n_per_class and seed as simulate's own code uses them: the files
+    it writes, not the composed value echoed back."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from latent_diffusion.simulate import simulate
+
+    cfg = _compose("simulate", [*ENTRY_POINTS["simulate"][1:], f"out_dir={tmp_path / 'sim'}"])
+    out = simulate(cfg)
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["class_names"] == ["walk", "run"] and meta["seed"] == 1
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*_0*.png"))
+    assert files == [f"{c}/{c}_{i:05d}.png" for c in ("run", "walk") for i in range(3)]
+    assert np.asarray(Image.open(out / files[0])).shape == (128, 128)
+
+
+def test_sample_overrides_name_the_output_folder_and_the_steps():
+    from latent_diffusion.sampling import check_args, default_out_dir
+
+    cfg = _compose("sample", ENTRY_POINTS["sample"])
+    steps = check_args(
+        cfg.sampler, cfg.steps, cfg.guidance, cfg.n_per_class, cfg.batch_size, cfg.eta, 1000
+    )
+    assert steps == 50
+    out = default_out_dir(Path("R/export"), cfg.sampler, steps, cfg.guidance, cfg.seed)
+    assert out == Path("R/samples/ddim-50-w2-seed3")
+    # no steps given: the sampler's own default from the one table of samplers
+    dflt = _compose("sample", ["run=R", "sampler=dpmpp"])
+    assert check_args("dpmpp", dflt.steps, 1.0, 1, 1, 0.0, 1000) == 20  # DPM-Solver++'s default
+
+
+def test_bench_quick_settings_apply_and_the_command_line_wins():
+    from latent_diffusion.bench import with_quick
+
+    cli = ["quick=true", "repeats=5"]
+    cfg = with_quick(_compose("bench", ["out_dir=D", *cli]), cli)
+    assert cfg.threads == 1 and cfg.batch_size == 8 and cfg.train.models == ["tiny"]  # quick's
+    assert cfg.repeats == 5  # the user's, over quick_settings' 2
+    full = with_quick(_compose("bench", ["out_dir=D"]), [])
+    assert full.batch_size == 32 and full.train.models != ["tiny"]
