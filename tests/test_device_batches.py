@@ -3,6 +3,7 @@ same batches as the ordinary DataLoader path, in one process and per DDP rank.""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import lightning as L
@@ -89,7 +90,8 @@ def test_auto_stays_on_the_dataloader_on_cpu_and_bad_values_fail(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "n,batch,drop_last", [(40, 8, True), (37, 8, True), (37, 8, False), (5, 4, False)]
+    "n,batch,drop_last",
+    [(40, 8, True), (40, 8, False), (37, 8, True), (37, 8, False), (5, 4, False), (5, 2, True)],
 )
 def test_rank_shares_match_lightnings_distributed_sampler(n, batch, drop_last):
     """Lightning injects DistributedSampler(shuffle=True, seed=PL_GLOBAL_SEED) into a training
@@ -122,11 +124,13 @@ def test_rank_shares_match_lightnings_distributed_sampler(n, batch, drop_last):
                     torch.testing.assert_close(x[k], y[k], rtol=0, atol=0)
             if epoch == 0:
                 seen[rank] = torch.cat([b["y"] for b in got]).tolist()
-    # the two ranks split one permutation: disjoint unless padding repeats the head
-    if n % 2 == 0 and not drop_last:
-        assert sorted(seen[0] + seen[1]) == list(range(n))
-    elif n % 2 == 0:
-        assert not set(seen[0]) & set(seen[1])
+    # the two ranks split one permutation, padded to equal shares by repeating its head
+    both = seen[0] + seen[1]
+    if not drop_last:  # every item at least once, and only the padding twice
+        assert sorted(set(both)) == list(range(n)) and len(both) == 2 * math.ceil(n / 2)
+    else:  # the batches drop each share's tail; only a padded item may be on both ranks
+        assert len(both) == 2 * (math.ceil(n / 2) // batch) * batch
+        assert len(set(seen[0]) & set(seen[1])) <= n % 2
 
 
 class _RecordLabels(L.LightningModule):
