@@ -90,17 +90,28 @@ def _assert_same_weights(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """This module's own folder (not the session's shared one), so that its first two runs
+    start with no VAE and meet at the VAE's file lock."""
+    return tmp_path_factory.mktemp("reliability")
+
+
+@pytest.fixture(scope="module")
 def runs(workdir):
     """Two runs of the same 8 steps, side by side: 'whole' uninterrupted (the reference),
     'killed' SIGKILLed as soon as its first last.ckpt exists (no handler, no cleanup: as a
-    node failure). On a fresh machine both wait on the VAE's file lock; one trains it."""
+    node failure). Both start with no VAE: they wait on its file lock; one trains it."""
     whole = _start_train(workdir, "run_name=whole")
     killed = _start_train(workdir, "run_name=killed")
     _wait_for(workdir / "outputs" / "train" / "killed" / "checkpoints" / "last.ckpt", killed)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
+    killed_out = killed.stdout.read()
     out, _ = whole.communicate(timeout=900)
     assert whole.returncode == 0, out[-4000:]
+    # the VAE built once under its lock, by one of the two; the other waited and loaded it
+    assert [("training one first" in o) for o in (out, killed_out)].count(True) == 1
+    assert len(list((workdir / ".cache" / "latent_diffusion" / "vae").glob("*/config.json"))) == 1
     return {
         "whole": workdir / "outputs" / "train" / "whole",
         "killed": workdir / "outputs" / "train" / "killed",
@@ -364,6 +375,7 @@ model = AutoencoderKL(in_channels=1, out_channels=1, block_out_channels=(8, 8), 
 vae = FrozenVAE(model, fallback_stats(1.0, 0.0, 4, "tinyvae"), 1, "tinyvae")
 g = torch.Generator().manual_seed(1)
 ds = TensorDataset(torch.rand(96, 1, 32, 32, generator=g) * 2 - 1, torch.arange(96) % 3)
+print("ready", file=sys.stderr, flush=True)
 out = build_latent_cache(vae, ds, {"data": "test"}, "train", sys.argv[1])
 torch.save({"mean": out.mean.clone(), "std": out.std.clone()}, sys.argv[2])
 """
@@ -371,7 +383,17 @@ torch.save({"mean": out.mean.clone(), "std": out.std.clone()}, sys.argv[2])
 
 @pytest.mark.slow
 def test_two_processes_sharing_a_latent_cache_build_it_once(tmp_path):
+    """The test holds the cache's lock until both processes are at it, so they do overlap
+    (without the hold, two processes that happen not to overlap would also pass)."""
+    from filelock import FileLock
+
+    from latent_diffusion.utils.io import stable_hash
+
     cache = tmp_path / "cache"
+    cache.mkdir()
+    key = stable_hash({"vae": "tinyvae", "data": {"data": "test"}, "split": "train"})
+    hold = FileLock(str(cache / f"train-{key}.safetensors") + ".lock")
+    hold.acquire()
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _CACHE_SCRIPT, str(cache), str(tmp_path / f"out{i}.pt")],
@@ -381,6 +403,14 @@ def test_two_processes_sharing_a_latent_cache_build_it_once(tmp_path):
         )
         for i in range(2)
     ]
+    try:
+        for p in procs:  # each reaches build_latent_cache, then blocks on the lock held here
+            assert p.stderr.readline().strip() == "ready"
+        time.sleep(1.0)
+        assert [p.poll() for p in procs] == [None, None]  # both waiting on the lock
+        assert not list(cache.glob("train-*.safetensors"))
+    finally:
+        hold.release()
     logs = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
     assert sum("encoding the train split" in log for log in logs) == 1, logs  # built once
