@@ -328,3 +328,21 @@ def test_stats_of_other_weights_are_recomputed(trained_export, tmp_path):
     assert (
         json.loads((copy / "latent_stats.json").read_text())["scale"] == [123.0] * 4
     )  # user's file untouched
+    # the same weights, stats measured on other data (another fingerprint): measured again
+    other = json.loads((out / "latent_stats.json").read_text())
+    from latent_diffusion.vae.stats import data_hash
+
+    other["data_fingerprint"] = {**other["data_fingerprint"], "counts": {"train": 9999}}
+    other["data_hash"] = data_hash(other["data_fingerprint"])
+    other["scale"] = [123.0] * 4
+    (copy / "latent_stats.json").write_text(json.dumps(other))
+    again = FrozenVAE.load(
+        copy,
+        1,
+        train_batches=_batches(train),
+        data_fingerprint=dm.fingerprint(),
+        min_latents=128,
+        cache_dir=tmp_path / "cache2",
+    )
+    assert again.stats.data_fingerprint == dm.fingerprint()
+    assert all(abs(s - 123.0) > 1 for s in again.stats.scale)
