@@ -8,6 +8,7 @@ one call each entry point makes; each concern lives in its own module:
   vae_sizes.py    image sizes the VAE (however it arrives) and the UNet can take
   split_sizes.py  every split non-empty; classes too small for every split named
   notices.py      what the run will do differently from the config, said once up front
+  optional_packages.py  loggers that need a package the project does not install
 
 A failure is one UserError naming the key or file and the fix (exit code 2).
 """
@@ -21,6 +22,7 @@ from latent_diffusion.utils.errors import UserError
 from latent_diffusion.validation.class_lists import check_class_list
 from latent_diffusion.validation.notices import train_vae_notices
 from latent_diffusion.validation.numbers import ABSENT, check_ranges, select
+from latent_diffusion.validation.optional_packages import check_logger_packages
 from latent_diffusion.validation.out_dirs import check_out_dir
 from latent_diffusion.validation.split_sizes import check_splits
 from latent_diffusion.validation.vae_sizes import check_sizes
@@ -107,12 +109,14 @@ def _train(cfg) -> None:
             "(or a fraction of an epoch in (0, 1])"
         )
     check_sizes(cfg, "data.image_size", model=True)
+    check_logger_packages(cfg)
     check_out_dir(select(cfg, "paths.output_dir", None), "paths.output_dir")
     check_out_dir(select(cfg, "export_dir", None), "export_dir", ours=("export.json",))
     check_out_dir(select(cfg, "paths.cache_dir", None), "paths.cache_dir")
 
 
 def _train_vae(cfg) -> None:
+    check_logger_packages(cfg)
     _check_data(cfg)
     check_ranges(
         cfg,
@@ -260,6 +264,7 @@ def _inspect(cfg) -> None:
 
 
 def _train_classifier(cfg) -> None:
+    check_logger_packages(cfg)
     if not select(cfg, "denoiser_run", None):  # else the data config is the denoiser run's
         _check_data(cfg)
         check_sizes(cfg, "data.image_size")
