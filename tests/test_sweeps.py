@@ -40,7 +40,7 @@ def _last_val_loss(job: Path) -> float:
 
 
 @pytest.mark.slow
-def test_two_job_sweep_gives_each_job_its_own_dir_export_and_wandb_run(workdir):
+def test_two_job_ddp_sweep_gives_each_job_its_own_dir_export_and_wandb_run(workdir):
     # with wandb's own defaults (no WANDB_MODE, stdin closed): offline, never a login prompt
     run_cli(
         "train",
@@ -49,6 +49,7 @@ def test_two_job_sweep_gives_each_job_its_own_dir_export_and_wandb_run(workdir):
         "logger=[csv,wandb]",
         "run_name=lr_sweep",
         "optimizer.lr=1e-3,3e-3",
+        "trainer=ddp_sim",  # each job two gloo ranks: spawned ranks must not replay the sweep
         cwd=workdir,
         drop_env=("WANDB_MODE", "WANDB_SILENT", "WANDB_API_KEY"),
     )
