@@ -222,6 +222,9 @@ def test_train_val_test_folders_and_classes_option(tmp_path):
 
 
 def test_bad_inputs_name_the_path(tmp_path):
+    for unset in (None, "", "???"):  # the README's troubleshooting line, word for word
+        with pytest.raises(UserError, match=r"^data.root is not set: pass data.root=DIR"):
+            ImageFolderSource(root=unset)
     missing = tmp_path / "nope"
     with pytest.raises(UserError, match="does not exist") as e:
         ImageFolderSource(root=missing)

@@ -175,21 +175,32 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_whole(tmp_pat
     assert len(left) == 1  # the kill landed mid-write: the cut-short save stays under its temp name
 
 
-# ------------------------------------------------------------------ SIGTERM / SIGUSR1
+# ------------------------------------------------------------------ SIGTERM / SIGUSR1 / SIGUSR2
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
 @pytest.mark.slow
-def test_sigterm_and_sigusr1_save_last_ckpt_exit_128_plus_signal_and_resume(whole_run, workdir):
-    """SIGTERM (SLURM / Kubernetes before a kill) and SIGUSR1 (a scheduler's warning outside
-    SLURM), each sent to its own real `train` process, side by side."""
+def test_sigterm_sigusr1_sigusr2_save_last_ckpt_exit_128_plus_signal_and_resume(whole_run, workdir):
+    """SIGTERM (SLURM / Kubernetes before a kill), SIGUSR1 (a scheduler's warning outside
+    SLURM) and SIGUSR2 (submitit's), each sent to its own real `train` process, side by side."""
     run = workdir / "outputs" / "train" / "preempted"
-    usr1_run = workdir / "outputs" / "train" / "usr1"
-    proc = _start_train(workdir, "run_name=preempted", "trainer.max_steps=400")
-    usr1 = _start_train(workdir, "run_name=usr1", "trainer.max_steps=400")
-    for p, r, sig in ((proc, run, signal.SIGTERM), (usr1, usr1_run, signal.SIGUSR1)):
+    procs = [(_start_train(workdir, "run_name=preempted", "trainer.max_steps=400"), run)]
+    for name in ("usr1", "usr2"):
+        procs.append(
+            (
+                _start_train(workdir, f"run_name={name}", "trainer.max_steps=400"),
+                workdir / "outputs" / "train" / name,
+            )
+        )
+    # SIGUSR2 is submitit's warning; with no submitit handler to hand over to, it stops as
+    # the others do (140)
+    cases = [(p, r, sig) for (p, r), sig in zip(procs, SIGNALS, strict=True)]
+    for p, r, sig in cases:
         _wait_for(r / "checkpoints" / "last.ckpt", p)
         p.send_signal(sig)
-    for p, r, sig in ((proc, run, signal.SIGTERM), (usr1, usr1_run, signal.SIGUSR1)):
+    for p, r, sig in cases:
         out, _ = p.communicate(timeout=300)
-        assert p.returncode == 128 + sig, out[-3000:]  # 143, 138
+        assert p.returncode == 128 + sig, out[-3000:]  # 143, 138, 140
         assert f"stopped by signal {int(sig)}" in out and "ckpt_path=last" in out
         assert 2 <= _ckpt(r)["global_step"] < 400
         assert not (r / "export").exists()
