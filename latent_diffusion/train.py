@@ -183,29 +183,35 @@ def train(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     dm, module, trainer = build(cfg)
     from lightning.pytorch.utilities.exceptions import SIGTERMException
+    from torch.multiprocessing import ProcessRaisedException
+
+    from latent_diffusion.lit.checkpoint_io import (
+        STOPPED_AT_KEY,
+        STOPPED_BY_KEY,
+        forward_signals_to_ranks,
+    )
 
     try:
-        trainer.fit(
-            module,
-            datamodule=dm,
-            ckpt_path=resolve_ckpt_path(cfg.ckpt_path, out_dir),
-            weights_only=True,
-        )
+        with forward_signals_to_ranks(trainer):
+            trainer.fit(
+                module,
+                datamodule=dm,
+                ckpt_path=resolve_ckpt_path(cfg.ckpt_path, out_dir),
+                weights_only=True,
+            )
     except SIGTERMException:
-        # pre-empted (SIGTERM / SIGUSR1): last.ckpt holds this step; no export of a half run
-        signum = next((c.stopped_by for c in trainer.callbacks if hasattr(c, "stopped_by")), None)
-        log.warning(
-            "stopped by signal %s at step %d; checkpoints/last.ckpt saved. Resume with the same "
-            "run_name and ckpt_path=last",
-            signum,
-            trainer.global_step,
-        )
-        raise SystemExit(128 + int(signum or 15)) from None
+        signum = next(c.stopped_by for c in trainer.callbacks if hasattr(c, "stopped_by"))
+        _stopped_by_signal(signum, trainer.global_step)
     except FloatingPointError as err:  # too many non-finite losses in a row (lit/module.py)
-        raise UserError(
-            f"{err} Skipped steps are logged as train/skipped_steps; the limit is "
-            f"max_bad_steps={cfg.max_bad_steps}"
-        ) from None
+        _too_many_bad_steps(str(err), cfg)
+    except ProcessRaisedException as err:  # a spawned rank's error (trainer=ddp_sim)
+        last = str(err).strip().splitlines()[-1]
+        if last.startswith("FloatingPointError: "):
+            _too_many_bad_steps(last.removeprefix("FloatingPointError: "), cfg)
+        raise
+    if STOPPED_BY_KEY in trainer.callback_metrics:  # spawned ranks stop without raising
+        got = trainer.callback_metrics
+        _stopped_by_signal(int(got[STOPPED_BY_KEY]), int(got[STOPPED_AT_KEY]))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if trainer.is_global_zero:
         export_run(module, cfg, cfg.export_dir, data_subset=training_subset_record(dm, cfg))
@@ -213,6 +219,25 @@ def train(cfg: DictConfig) -> dict:
     trainer.strategy.barrier()
     _finish_wandb(trainer)
     return metrics
+
+
+def _stopped_by_signal(signum: int | None, step: int) -> None:
+    """Pre-empted (SIGTERM / SIGUSR1 / SIGUSR2): last.ckpt holds this step; no export of a half
+    run."""
+    log.warning(
+        "stopped by signal %s at step %d; checkpoints/last.ckpt saved. Resume with the same "
+        "run_name and ckpt_path=last",
+        signum,
+        step,
+    )
+    raise SystemExit(128 + int(signum or 15))
+
+
+def _too_many_bad_steps(message: str, cfg: DictConfig) -> None:
+    raise UserError(
+        f"{message} Skipped steps are logged as train/skipped_steps; the limit is "
+        f"max_bad_steps={cfg.max_bad_steps}"
+    ) from None
 
 
 def training_subset_record(dm, cfg: DictConfig) -> dict | None:

@@ -222,6 +222,64 @@ def test_sigterm_sigusr1_sigusr2_save_last_ckpt_exit_128_plus_signal_and_resume(
     assert (run / "export" / "export.json").is_file()
 
 
+def _spawned_ranks(launcher_pid: int) -> list[int]:
+    """PIDs of the ranks trainer=ddp_sim spawned (children running multiprocessing's spawn_main;
+    the resource tracker is another child)."""
+    ranks = []
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = Path(f"/proc/{d}/cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == launcher_pid and b"spawn_main" in cmd:
+            ranks.append(int(d))
+    return sorted(ranks)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the spawned ranks through /proc")
+def test_ddp_sim_ranks_stop_together_on_one_ranks_signal_or_the_launchers(whole_run, workdir):
+    """trainer=ddp_sim (two spawned gloo ranks). SIGUSR1 to one rank only: both ranks agree at
+    the end of the step, save last.ckpt, and the launcher exits 138 (it used to wait for ever
+    on a rank that ended without handing back its results). SIGTERM to the launcher only
+    (Kubernetes signals PID 1): passed on to its ranks, exit 143 (it used to die at once and
+    its ranks without a checkpoint). The first run then resumes and exports."""
+    ddp = ("trainer=ddp_sim", "data.batch_size=8", "trainer.max_steps=400")
+    runs = {name: workdir / "outputs" / "train" / name for name in ("ddp-usr1", "ddp-term")}
+    procs = {name: _start_train(workdir, f"run_name={name}", *ddp) for name in runs}
+    for name, p in procs.items():
+        _wait_for(runs[name] / "checkpoints" / "last.ckpt", p)
+    ranks = _spawned_ranks(procs["ddp-usr1"].pid)
+    assert len(ranks) == 2, ranks
+    os.kill(ranks[1], signal.SIGUSR1)
+    procs["ddp-term"].send_signal(signal.SIGTERM)
+    for (name, p), sig in zip(procs.items(), (signal.SIGUSR1, signal.SIGTERM), strict=True):
+        try:
+            out, _ = p.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            raise AssertionError(f"{name}: the launcher hung after {sig!r}") from None
+        assert p.returncode == 128 + sig, out[-3000:]
+        assert f"stopped by signal {int(sig)} at step" in out, out[-3000:]
+        assert "Traceback" not in out
+        assert 2 <= _ckpt(runs[name])["global_step"] < 400
+        assert not (runs[name] / "export").exists()
+    step = _ckpt(runs["ddp-usr1"])["global_step"]
+    run_cli(
+        "train",
+        *FAST,
+        "run_name=ddp-usr1",
+        *ddp[:2],
+        f"trainer.max_steps={step + 1}",
+        "ckpt_path=last",
+        cwd=workdir,
+        env=ENV,
+    )
+    assert _ckpt(runs["ddp-usr1"])["global_step"] == step + 1
+    assert (runs["ddp-usr1"] / "export" / "export.json").is_file()
+
+
 # ------------------------------------------------------------------ refusing checkpoints
 class _Payload:
     """Unpickling this runs code: it writes the marker file."""
@@ -340,13 +398,20 @@ def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
 
 # ------------------------------------------------------------------ non-finite losses
 @pytest.mark.slow
-def test_cli_non_finite_losses_skip_then_stop_keeping_a_finite_checkpoint(whole_run, workdir):
-    """A learning rate of 1e30 blows the weights up after one step; every later loss is NaN."""
-    run = workdir / "outputs" / "train" / "nan"
+@pytest.mark.parametrize("trainer", ["cpu", "ddp_sim"])
+def test_cli_non_finite_losses_skip_then_stop_keeping_a_finite_checkpoint(
+    whole_run, workdir, trainer
+):
+    """A learning rate of 1e30 blows the weights up after one step; every later loss is NaN.
+    Under ddp_sim the ranks skip together (Lightning refuses a skipped training_step under
+    DDP: the step runs its backward and drops the gradients) and the spawned rank's error
+    reaches the user as the same one line."""
+    run = workdir / "outputs" / "train" / f"nan-{trainer}"
     proc = run_cli(
         "train",
         *FAST,
-        "run_name=nan",
+        f"run_name=nan-{trainer}",
+        f"trainer={trainer}",
         "optimizer.lr=1e30",
         "warmup_steps=1",
         "max_bad_steps=3",

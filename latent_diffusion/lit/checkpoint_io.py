@@ -26,6 +26,7 @@ ResumeState  a callback that makes a resumed run continue the same random
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import signal
@@ -36,6 +37,7 @@ import numpy as np
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from latent_diffusion.lit.safe_load import SIGNATURE_KEY, check_signature, load_checkpoint
@@ -43,6 +45,8 @@ from latent_diffusion.utils.io import atomic_writer
 
 log = logging.getLogger(__name__)
 RNG_KEY = "rng_states"
+# a spawned rank's stop signal, handed to the launching process with the callback metrics
+STOPPED_BY_KEY, STOPPED_AT_KEY = "stopped_by_signal", "stopped_at_step"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -106,6 +110,36 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+# ------------------------------------------------------------------ spawned ranks
+@contextlib.contextmanager
+def forward_signals_to_ranks(trainer):
+    """While fit runs, pass SIGTERM / SIGUSR1 / SIGUSR2 sent to the launching process on to
+    the ranks it spawned (trainer=ddp_sim), as torchrun does for its workers; each rank's
+    ResumeState then stops at the end of the step. Without this a SIGTERM to the launcher
+    kills it, and its ranks die of the parent-death signal without a checkpoint. A no-op
+    for launchers that are a rank themselves (single process, ddp, torchrun)."""
+    launcher = trainer.strategy.launcher
+    if (
+        not isinstance(launcher, _MultiProcessingLauncher)
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        yield
+        return
+
+    def forward(signum, frame) -> None:
+        log.info("received signal %d: passing it on to the ranks", signum)
+        if getattr(launcher, "procs", None):
+            launcher.kill(signum)
+
+    signums = [getattr(signal, n) for n in ("SIGTERM", "SIGUSR1", "SIGUSR2") if hasattr(signal, n)]
+    old = {s: signal.signal(s, forward) for s in signums}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 # ------------------------------------------------------------------ the callback
 class ResumeState(Callback):
     """RNG continuity across resume, validation that leaves the RNG alone, save-on-signal."""
@@ -117,8 +151,7 @@ class ResumeState(Callback):
         self._saved_step = -1
         self._train_rng: dict | None = None
         self._pending_rng: dict | None = None
-        self._old_usr1 = None
-        self._old_usr2 = None
+        self._old_handlers: dict[int, object] = {}  # signal -> the handler ours replaced
 
     # -- checkpoint contents ----------------------------------------------------------
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
@@ -159,18 +192,23 @@ class ResumeState(Callback):
 
     # -- signals --------------------------------------------------------------------------
     def _install_signal_handlers(self) -> None:
-        # Lightning registered its handlers by now; SIGUSR1 has one under SLURM auto-requeue.
+        # Lightning registered its handlers by now. Ours replace its SIGTERM handler: that one
+        # broadcasts from inside the handler, a collective that meets whatever collective the
+        # other ranks are in at that moment (DDP hangs or mixes them up). A handler here only
+        # records the signal; the ranks agree at the end of the step (on_train_batch_end).
         if threading.current_thread() is not threading.main_thread():
             return
-        usr1 = getattr(signal, "SIGUSR1", None)
-        if usr1 is not None and signal.getsignal(usr1) in (signal.SIG_DFL, None):
-            self._old_usr1 = signal.signal(usr1, self._on_signal)
-        # SIGUSR2 is submitit's "time is nearly up" signal (hydra/launcher=slurm); its own
-        # handler requeues the job and exits at once. Ours runs first: save last.ckpt at the
-        # end of this step, then hand over to submitit's (see on_train_batch_end).
-        usr2 = getattr(signal, "SIGUSR2", None)
-        if usr2 is not None:
-            self._old_usr2 = signal.signal(usr2, self._on_signal)
+        for name in ("SIGTERM", "SIGUSR1", "SIGUSR2"):
+            sig = getattr(signal, name, None)
+            if sig is None:
+                continue
+            # SIGUSR1 under SLURM auto-requeue is Lightning's: hpc_ckpt + requeue
+            if name == "SIGUSR1" and signal.getsignal(sig) not in (signal.SIG_DFL, None):
+                continue
+            # SIGUSR2 is submitit's "time is nearly up" signal (hydra/launcher=slurm); its own
+            # handler requeues the job and exits at once. Ours runs first: save last.ckpt at
+            # the end of this step, then hand over to submitit's.
+            self._old_handlers[sig] = signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
         log.info("received signal %d: saving last.ckpt after this step, then stopping", signum)
@@ -188,20 +226,31 @@ class ResumeState(Callback):
             # marked a max_steps stop's epoch complete, and a resume with a larger max_steps
             # would skip the rest of it (not the uninterrupted run's batches).
             self.save_last(trainer)
-        requested = bool(self._requested)
+        signum = int(self._requested or (signal.SIGTERM if trainer.received_sigterm else 0))
         if trainer.world_size > 1:
-            # every rank must take the same branch: the save below is a collective
-            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
-            if requested and not self._requested:
-                self._requested = getattr(signal, "SIGUSR2", signal.SIGTERM)
-        if trainer.received_sigterm or requested:
-            self.stopped_by = self._requested or signal.SIGTERM
-            self.save_last(trainer)
-            usr2 = getattr(signal, "SIGUSR2", None)
-            if self._requested == usr2 and callable(self._old_usr2):
-                self._old_usr2(usr2, None)  # submitit: requeue (it may exit the process here)
-            if self._requested:  # SIGTERM: Lightning raises SIGTERMException after this hook
-                raise SIGTERMException()
+            # Every rank takes the same branch (the save below is a collective), and stops for
+            # the same signal: one rank's signal (a scheduler may signal any one process)
+            # stops them all. One 1-element all-reduce per step.
+            mine = torch.tensor([signum], device=pl_module.device)
+            signum = int(trainer.strategy.reduce(mine, reduce_op="max").item())
+        if not signum:
+            return
+        self._requested = self.stopped_by = signum
+        self.save_last(trainer)
+        old = self._old_handlers.get(getattr(signal, "SIGUSR2", None))
+        if signum == getattr(signal, "SIGUSR2", None) and callable(old):
+            old(signum, None)  # submitit: requeue (it may exit the process here)
+        if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
+            # A spawned rank (trainer=ddp_sim) that raised SIGTERMException (a SystemExit)
+            # would exit 0 without handing its results back, and the launching process would
+            # wait for them for ever: end fit as a normal stop and say why in the results.
+            trainer.should_stop = True
+            trainer.callback_metrics[STOPPED_BY_KEY] = torch.tensor(signum, dtype=torch.float64)
+            trainer.callback_metrics[STOPPED_AT_KEY] = torch.tensor(
+                trainer.global_step, dtype=torch.float64
+            )
+            return
+        raise SIGTERMException()  # train.py: exit 128 + signum, no export
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
@@ -217,11 +266,9 @@ class ResumeState(Callback):
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        for name, attr in (("SIGUSR1", "_old_usr1"), ("SIGUSR2", "_old_usr2")):
-            old = getattr(self, attr)
-            if old is not None:
-                signal.signal(getattr(signal, name), old)
-                setattr(self, attr, None)
+        for sig, old in self._old_handlers.items():
+            signal.signal(sig, old)
+        self._old_handlers = {}
 
     def save_last(self, trainer) -> Path | None:
         """checkpoints/last.ckpt of the current step, unless one of this step was saved."""
@@ -243,4 +290,12 @@ class ResumeState(Callback):
         return path
 
 
-__all__ = ["AtomicCheckpointIO", "ResumeState", "collect_rng_states", "set_rng_states"]
+__all__ = [
+    "STOPPED_AT_KEY",
+    "STOPPED_BY_KEY",
+    "AtomicCheckpointIO",
+    "ResumeState",
+    "collect_rng_states",
+    "forward_signals_to_ranks",
+    "set_rng_states",
+]

@@ -82,6 +82,7 @@ class LatentDiffusion(L.LightningModule):
         )
         self._bad_steps = 0
         self.skipped_steps = 0
+        self._drop_grads = False  # a skipped step under DDP: see _skip_step
 
     @property
     def plain_denoiser(self) -> nn.Module:
@@ -165,6 +166,7 @@ class LatentDiffusion(L.LightningModule):
         """A non-finite loss skips the step (returning None makes Lightning skip
         backward and the optimizer step); too many in a row stop the run."""
         self._bad_steps += 1
+        self._drop_grads = self.trainer.world_size > 1
         self.skipped_steps += 1
         self.log("train/skipped_steps", float(self.skipped_steps))
         if self._bad_steps > self.max_bad_steps:
@@ -173,7 +175,18 @@ class LatentDiffusion(L.LightningModule):
                 "The last good checkpoint is in checkpoints/last.ckpt. Lower optimizer.lr or check "
                 "the latent statistics (latent_stats.json)."
             )
+        if self._drop_grads:
+            # Lightning refuses None from a DDP training_step: the ranks' backward passes meet
+            # in DDP's gradient all-reduce. Every rank skips together (training_step), so each
+            # runs its backward and on_before_optimizer_step drops the gradients: the optimizer
+            # passes over parameters without one (no update, no moment or step-count change).
+            return loss
         return None
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self._drop_grads:
+            optimizer.zero_grad(set_to_none=True)
+            self._drop_grads = False
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
