@@ -53,7 +53,8 @@ def preview_grid(
 
 
 def simulate(cfg: DictConfig) -> Path:
-    from latent_diffusion.data.simulator import CLASSES, RadarConfig, generate
+    from latent_diffusion.data.radar import spectrogram
+    from latent_diffusion.data.simulator import CLASSES, RadarConfig, generate, quantize
 
     out = Path(cfg.out_dir)
     classes = list(CLASSES) if cfg.classes is None else [str(c) for c in cfg.classes]
@@ -65,6 +66,9 @@ def simulate(cfg: DictConfig) -> Path:
     size = int(cfg.image_size)
     if size < 16 or size > 512 or size % 8:
         raise UserError(f"image_size={size} must be a multiple of 8 in [16, 512] (64 or 128)")
+    fmt = str(cfg.format)
+    if fmt not in ("png", "iq"):
+        raise UserError(f"format={fmt!r} must be png (spectrograms) or iq (raw recordings)")
     if cfg.split not in ("train", "val", "test"):
         raise UserError(f"split={cfg.split!r} must be train, val or test")
     radar = RadarConfig.make(OmegaConf.to_container(cfg.radar) if cfg.radar else None)
@@ -73,8 +77,17 @@ def simulate(cfg: DictConfig) -> Path:
     t0 = time.time()
     workers = min(8, os.cpu_count() or 1) if cfg.workers is None else int(cfg.workers)
     pix, labels, params = generate(
-        classes, int(cfg.n_per_class), cfg.split, int(cfg.seed), size, radar, workers
-    )
+        classes, int(cfg.n_per_class), cfg.split, int(cfg.seed), size, radar, workers,
+        recordings=fmt == "iq",
+    )  # fmt: skip
+    recs = None
+    if (
+        fmt == "iq"
+    ):  # the images (for the preview) from the recordings, as data=raw_radar reads them
+        recs = pix
+        pix = np.stack([quantize(spectrogram(
+            r.astype(np.complex128), radar.prf_hz, radar.window_s, radar.wavelength, radar.v_max,
+            radar.dynamic_range_db, size)) for r in recs])  # fmt: skip
     elapsed = time.time() - t0
     log.info(
         "simulated %d spectrograms in %.1f s (%.0f / min)",
@@ -90,8 +103,13 @@ def simulate(cfg: DictConfig) -> Path:
             (tmp / c).mkdir()
             idx = np.flatnonzero(labels == ci)
             for i, k in enumerate(idx):
-                name = f"{c}/{c}_{i:05d}.png"
-                (tmp / name).write_bytes(png_bytes(u8[k]))
+                if recs is None:
+                    name = f"{c}/{c}_{i:05d}.png"
+                    (tmp / name).write_bytes(png_bytes(u8[k]))
+                else:  # what data=raw_radar reads: I/Q with the parameters that give its axes
+                    name = f"{c}/{c}_{i:05d}.npz"
+                    np.savez(tmp / name, iq=recs[k], prf_hz=radar.prf_hz,
+                             carrier_hz=radar.carrier_hz)  # fmt: skip
                 samples.append({"file": name, "class": c, "index": i, "params": params[k]})
             rows.append(u8[idx[: int(cfg.preview_per_class)]])
         preview_grid(rows, classes).save(tmp / "preview.png")
@@ -103,9 +121,13 @@ def simulate(cfg: DictConfig) -> Path:
             "split": cfg.split,
             "n_per_class": int(cfg.n_per_class),
             "radar": dataclasses.asdict(radar),
+            "format": fmt,
             "pixels": "8-bit grey; value/255 = (dB + D) / D, D = radar.dynamic_range_db; "
             "row 0 = +v_max (approaching), rows linear in radial velocity; columns = time over "
-            "duration_s",
+            "duration_s"
+            if fmt == "png"
+            else "iq: complex64 slow-time I/Q at prf_hz over duration_s + window_s "
+            "(read with data=raw_radar)",
             "samples": samples,
         }
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=1) + "\n")

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from latent_diffusion.data.plot_area import crop_sizes_report
+from latent_diffusion.data.raw_radar import RAW_EXTS, RawRadar, read_raw
 from latent_diffusion.data.readers import (
     ALL_EXTS,
     dangling_links,
@@ -135,6 +136,7 @@ class ImageFolderSource:
         max_residual: float = 40.0,
         crop_to_plot: bool = True,
         plot_box: Sequence[int] | None = None,
+        raw=None,
         **_,
     ):
         if root is None or str(root) in ("", "???"):
@@ -147,8 +149,18 @@ class ImageFolderSource:
             )
         if isinstance(extensions, str):
             extensions = [extensions]
+        # data.raw.enabled (data=raw_radar): files are raw recordings (raw_radar.py), each
+        # giving one spectrogram per window of data.raw.duration_s
+        self.raw = RawRadar.make(raw) if raw and raw.get("enabled") else None
+        if self.raw is not None and not image_size:
+            raise UserError(
+                "data.image_size is null: raw recordings need it (the spectrogram's size, e.g. 64)"
+            )
+        self.radar = self.raw  # the axes (v_max, duration_s) for the summary and the metrics
+        default_exts = RAW_EXTS if self.raw is not None else ALL_EXTS
         exts = tuple(
-            e.lower() if e.startswith(".") else f".{e.lower()}" for e in (extensions or ALL_EXTS)
+            e.lower() if e.startswith(".") else f".{e.lower()}"
+            for e in (extensions or default_exts)
         )
         self.read_kwargs = dict(
             image_size=image_size, value_kind=value_kind, flip_doppler=bool(flip_doppler),
@@ -157,6 +169,10 @@ class ImageFolderSource:
             crop_to_plot=bool(crop_to_plot),
             plot_box=None if plot_box is None else [int(v) for v in plot_box],
         )  # fmt: skip
+        if self.raw is not None:
+            self.read_kwargs["raw"] = {
+                k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self.raw).items()
+            }
         db_normalise(np.ones((1, 1)), value_kind, dynamic_range_db)  # validate the options up front
         self.strict = bool(strict)
         files, self.class_names, self.layout = self._discover(exts, classes)
@@ -321,7 +337,7 @@ class ImageFolderSource:
             for i, (rel, res) in enumerate(zip(rels, pool.map(self._read_one, rels), strict=True)):
                 results[rel] = res
                 if (i + 1) % max(1, len(rels) // 10) == 0:
-                    log.info("read %d/%d spectrograms from %s", i + 1, len(rels), self.root)
+                    log.info("read %d/%d files from %s", i + 1, len(rels), self.root)
         for s in SPLITS:
             xs, ys, kept = [], [], []
             for rel in mapping[s]:
@@ -332,14 +348,17 @@ class ImageFolderSource:
                     skipped.append(f"{rel} ({res})")
                     continue
                 x, info = res
-                kind = info.get("colormap", "grey/array")
+                kind = info.get("colormap", info.get("kind", "grey/array"))
                 kinds[kind] = kinds.get(kind, 0) + 1
                 if info.get("masked_fraction", 0.0) > 0.2:
                     masked.append(f"{rel} ({info['masked_fraction']:.0%})")
                 if "plot_box" in info:
                     boxes[rel] = info["plot_box"]
                 self.read_info[rel] = info
-                shapes.setdefault(x.shape, rel)
+                # a raw recording gives (windows, H, W): one item per window, all in this
+                # recording's split (windows of one recording never straddle two splits)
+                windows = x if x.ndim == 3 else x[None]
+                shapes.setdefault(windows.shape[1:], rel)
                 if len(shapes) > 1:
                     (s0, f0), (s1, f1) = list(shapes.items())[:2]
                     raise UserError(
@@ -347,9 +366,11 @@ class ImageFolderSource:
                         f"{self.root / f1} is "
                         f"{s1[0]}x{s1[1]}; set data.image_size (e.g. 64) to resize them all"
                     )
-                xs.append(x)
-                ys.append(self.class_names.index(self._class_of[rel]))
-                kept.append(rel)
+                label = self.class_names.index(self._class_of[rel])
+                for k, w in enumerate(windows):
+                    xs.append(w)
+                    ys.append(label)
+                    kept.append(rel if x.ndim == 2 else f"{rel}#{k}")
             h, w = next(iter(shapes)) if shapes else (self.read_kwargs["image_size"] or 0,) * 2
             out[s] = (
                 np.stack(xs) if xs else np.zeros((0, h, w), np.float32),
@@ -358,6 +379,15 @@ class ImageFolderSource:
             )
         log.info("read %s: %s", self.root, ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
         self.crop_report = check_plot_boxes(boxes, self.root, self.strict)
+        padded = [
+            f"{r} ({i['padded_s']} s)" for r, i in self.read_info.items() if i.get("padded_s")
+        ]
+        if padded:
+            warnings.warn(
+                f"{len(padded)} recordings are shorter than data.raw.duration_s="
+                f"{self.raw.duration_s} and were zero-padded at the end: {'; '.join(padded[:5])}",
+                stacklevel=2,
+            )
         if masked:
             warnings.warn(
                 f"{len(masked)} colour images have > 20% of the plot off the colour map and filled "
@@ -386,6 +416,12 @@ class ImageFolderSource:
 
     def _read_one(self, rel: str):
         try:
+            if self.raw is not None:
+                k = self.read_kwargs
+                return read_raw(
+                    self.root / rel, self.raw, int(k["image_size"]), k["dynamic_range_db"],
+                    k["variable"], k["flip_doppler"],
+                )  # fmt: skip
             return read_spectrogram(self.root / rel, **self.read_kwargs)
         except UserError as err:
             return err

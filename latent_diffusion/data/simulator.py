@@ -15,9 +15,11 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import multiprocessing as mp
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,8 @@ from latent_diffusion.data import scene as scenes
 from latent_diffusion.data.source import SPLITS, register_source
 from latent_diffusion.utils.errors import UserError
 from latent_diffusion.utils.io import atomic_write_bytes, atomic_write_json, stable_hash
+
+log = logging.getLogger(__name__)
 
 CLASSES = ("walk", "run", "jump", "fall", "sit_down", "stand_up", "pick_up", "box")
 SIM_VERSION = 2  # bump when the physics changes: it is part of every cache key
@@ -179,6 +183,20 @@ def render(
 ):
     """Kinematics -> echo -> spectrogram for drawn parameters p. Returns (H, W) float32 in [0, 1]
     and adds the measured torso radial velocity (m/s, + approaching) to p."""
+    s = echo_of(cls_name, p, radar, rng, hard)
+    img = rad.spectrogram(
+        s, radar.prf_hz, radar.window_s, radar.wavelength, radar.v_max, radar.dynamic_range_db,
+        image_size,
+    )  # fmt: skip
+    return img, p
+
+
+def echo_of(
+    cls_name: str, p: dict, radar: RadarConfig, rng: np.random.Generator, hard: bool = False
+) -> np.ndarray:
+    """Kinematics -> the slow-time I/Q a CW radar at the PRF records: (N,) complex over
+    duration_s plus half an STFT window either side. Adds the measured torso radial velocity
+    (m/s, + approaching) to p."""
     lam, prf = radar.wavelength, radar.prf_hz
     n = int(round((radar.duration_s + radar.window_s) * prf))  # pulses: frames centred on [0, T]
     # Kinematics every KIN_DECIMATION pulses (+1 sample before, 2 after for the cubic
@@ -206,10 +224,7 @@ def render(
         s = rad.echo(
             joints, (rot, start), radar_pos, lam, p["snr_db"], p["clutter_db"], rng, KIN_DECIMATION
         )[:n]
-    img = rad.spectrogram(
-        s, prf, radar.window_s, lam, radar.v_max, radar.dynamic_range_db, image_size
-    )
-    return img, p
+    return s
 
 
 def sample_seed(base_seed: int, split: str, cls_name: str, index: int) -> list[int]:
@@ -226,6 +241,25 @@ def simulate_one(
 ):
     """One spectrogram: (H, W) float32 in [0, 1] (row 0 = +v_max, approaching) and its parameters.
     hard: the hard preset's scene (scene.py); None = the easy default."""
+    radar, rng, p = _drawn(cls_name, seed, radar, hard)
+    return render(cls_name, p, radar, image_size, rng, hard=hard is not None)
+
+
+def simulate_recording(
+    cls_name: str,
+    seed,
+    radar: RadarConfig | dict | None = None,
+    hard: scenes.HardScene | None = None,
+) -> tuple[np.ndarray, dict]:
+    """The raw recording behind simulate_one's image: (slow-time I/Q (N,) complex128 at
+    radar.prf_hz over duration_s + window_s, parameters). data/raw_radar.py turns it into
+    simulate_one's image, bit for bit."""
+    radar, rng, p = _drawn(cls_name, seed, radar, hard)
+    return echo_of(cls_name, p, radar, rng, hard=hard is not None), p
+
+
+def _drawn(cls_name, seed, radar, hard):
+    """(radar, the sample's generator after drawing its parameters, the parameters)."""
     if cls_name not in CLASSES:
         raise UserError(f"unknown activity class '{cls_name}'; choose from {list(CLASSES)}")
     radar = RadarConfig.make(radar)
@@ -235,11 +269,14 @@ def simulate_one(
     )
     if hard is not None:
         p = scenes.harden(p, cls_name, seed, hard, rng, radar.duration_s)
-    return render(cls_name, p, radar, image_size, rng, hard=hard is not None)
+    return radar, rng, p
 
 
 def _simulate_task(args):
-    cls_name, seed, image_size, radar, hard = args
+    cls_name, seed, image_size, radar, hard, recording = args
+    if recording:
+        s, p = simulate_recording(cls_name, seed, radar, hard)
+        return s.astype(np.complex64), p
     img, p = simulate_one(cls_name, seed, image_size, radar, hard)
     return quantize(img), p
 
@@ -249,8 +286,11 @@ def quantize(img: np.ndarray) -> np.ndarray:
     return np.round(np.clip(img, 0, 1) * 65535).astype(np.uint16)
 
 
-def generate(classes, counts, split, base_seed, image_size, radar, workers=0, hard=None):
+def generate(
+    classes, counts, split, base_seed, image_size, radar, workers=0, hard=None, recordings=False
+):
     """Pixels (N, H, W) uint16, labels (N,) int64 (index into `classes`), params list.
+    recordings=True: the slow-time I/Q behind each image (N, samples) complex64 instead.
 
     Order: class by class, index 0..n-1. workers > 1 maps the same tasks over a
     process pool; results come back in task order, so the arrays are identical."""
@@ -258,15 +298,27 @@ def generate(classes, counts, split, base_seed, image_size, radar, workers=0, ha
     tasks, labels = [], []
     for label, c in enumerate(classes):
         for i in range(counts):
-            tasks.append((c, sample_seed(base_seed, split, c, i), image_size, radar, hard))
+            seed = sample_seed(base_seed, split, c, i)
+            tasks.append((c, seed, image_size, radar, hard, recordings))
             labels.append(label)
+    if workers and workers > 1 and len(tasks) > 1 and threading.active_count() > 1:
+        # A fork copies only the calling thread: a lock another Python thread holds at that
+        # moment (a logger's, a stream's) stays locked in the workers for ever (seen: a
+        # pool forked beside wandb's threads hung). spawn / forkserver would re-run the
+        # caller's main module in every worker, which an unguarded script cannot take.
+        log.info(
+            "simulating in this process: %d threads are running, and a fork could deadlock",
+            threading.active_count(),
+        )
+        workers = 0
     if workers and workers > 1 and len(tasks) > 1:
         ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         with ctx.Pool(workers) as pool:
             out = pool.map(_simulate_task, tasks, chunksize=max(1, len(tasks) // (8 * workers)))
     else:
         out = [_simulate_task(t) for t in tasks]
-    pix = np.stack([o[0] for o in out]) if out else np.zeros((0, image_size, image_size), np.uint16)
+    empty = np.zeros((0, image_size, image_size), np.uint16)
+    pix = np.stack([o[0] for o in out]) if out else empty
     return pix, np.asarray(labels, np.int64), [o[1] for o in out]
 
 

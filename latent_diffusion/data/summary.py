@@ -30,7 +30,7 @@ def summarise(dm) -> dict:
             ranges[split] = [float(x.min()), float(x.max()), float(x.mean())]
     out["counts"], out["value_range"] = counts, ranges
     radar = getattr(src, "radar", None)
-    if radar is not None:  # the simulator: the axes follow from its radar settings
+    if radar is not None:  # the simulator or raw recordings: the axes follow from the radar
         out["axes"] = {
             "velocity_m_s": [-float(radar.v_max), float(radar.v_max)],
             "duration_s": float(radar.duration_s),
@@ -42,11 +42,23 @@ def summarise(dm) -> dict:
             out[key] = getattr(src, key)
     info = out.get("read_info") or {}
     if info:
-        maps = Counter(i.get("colormap", "grey/array") for i in info.values())
+        # raw recordings (they carry "windows") have no colour map
+        maps = Counter(i.get("colormap", "grey/array") for i in info.values() if "windows" not in i)
         filled = [i["masked_fraction"] for i in info.values() if "masked_fraction" in i]
-        out["colormaps"] = dict(maps)
+        if maps:
+            out["colormaps"] = dict(maps)
         if filled:
             out["filled_share"] = {"median": float(np.median(filled)), "max": float(max(filled))}
+        windows = [i["windows"] for i in info.values() if "windows" in i]
+        if windows:  # raw recordings (raw_radar.py): files -> spectrograms
+            out["recordings"] = {
+                "files": len(windows),
+                "spectrograms": int(sum(windows)),
+                "padded": sum(1 for i in info.values() if i.get("padded_s")),
+                "range_bins": dict(
+                    Counter(str(i["range_bins"]) for i in info.values() if "range_bins" in i)
+                ),
+            }
         crops = Counter(tuple(i["plot_box"][2:]) for i in info.values() if "plot_box" in i)
         if crops:
             out["crop_sizes"] = {f"{h}x{w}": n for (h, w), n in crops.most_common()}
@@ -62,6 +74,9 @@ def short_form(s: dict) -> str:
         "train/val/test " + "/".join(str(n[sp]) for sp in SPLITS),
         f"{s['channels']}x{s['image_size']}x{s['image_size']}",
     ]
+    if "recordings" in s:
+        r = s["recordings"]
+        parts.append(f"{r['files']} recordings -> {r['spectrograms']} spectrograms")
     if "crop_sizes" in s:
         parts.append("plot crops " + ", ".join(f"{k} ({v})" for k, v in s["crop_sizes"].items()))
     if "colormaps" in s:
@@ -91,6 +106,13 @@ def long_form(s: dict) -> str:
         )
     else:
         lines.append("axes: not known for this source (rows must be Doppler, + at the top)")
+    if "recordings" in s:
+        r = s["recordings"]
+        lines.append(
+            f"raw recordings: {r['files']} files -> {r['spectrograms']} spectrograms, "
+            f"{r['padded']} zero-padded"
+            + (f"; range bins summed: {r['range_bins']}" if r["range_bins"] else "")
+        )
     if "crop_sizes" in s:
         lines.append(
             "plot crops (px): " + ", ".join(f"{k}: {v}" for k, v in s["crop_sizes"].items())

@@ -76,6 +76,13 @@ def _check_data(cfg, p: str = "data") -> None:
             "keep their sum below 1 (e.g. 0.1 and 0.1)"
         )
     check_class_list(cfg, f"{p}.classes")
+    raw = select(cfg, f"{p}.raw", None)
+    if raw is not None and raw.get("enabled"):  # data=raw_radar: every data.raw key, up front
+        from omegaconf import OmegaConf
+
+        from latent_diffusion.data.raw_radar import RawRadar
+
+        RawRadar.make(OmegaConf.to_container(raw, resolve=True))
     check_splits(cfg, p)
 
 
