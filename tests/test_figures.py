@@ -159,5 +159,9 @@ def test_inspect_shows_crops_maps_and_the_odd_file(tmp_path):
     assert "differing from the majority: run/2.jpg" in text
     assert "colour maps: jet 8" in text
     grid = np.asarray(Image.open(out / "data_preview.png"))
-    assert grid.shape == (2 * 32, 6 * 32) and grid[:32, : 3 * 32].std() > 10  # 3 real tiles
-    assert (grid[:32, 3 * 32 :] == 0).all()  # 3 training files per class: the rest is padding
+    # each model input follows its original figure (RGB, squeezed to the tile)
+    assert grid.shape == (2 * 32, 2 * 6 * 32, 3)
+    original, model_input = grid[:32, :32].astype(float), grid[:32, 32:64].astype(float)
+    assert np.abs(original - original.mean(-1, keepdims=True)).mean() > 10  # jet: colour
+    assert (model_input == model_input[..., :1]).all() and model_input.std() > 10  # grey input
+    assert (grid[:32, 6 * 32 :] == 0).all()  # 3 training files per class: the rest is padding

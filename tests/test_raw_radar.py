@@ -1,8 +1,8 @@
 """Raw radar recordings (data=raw_radar): recordings built with the project's own radar model
 come out where physics puts them.
 
-- slow-time I/Q of a simulated walker: the spectrogram is the simulator's own image, bit
-  for bit, and its torso line sits at the walker's radial velocity;
+- slow-time I/Q of a simulated walker: the spectrogram is the simulator's own image, and its
+  torso line and gait cadence are the walker's;
 - an FMCW cube of a point target at a known range and velocity beside a stronger static
   reflector: the automatic range bins hold the target, its Doppler line sits at its
   velocity, MTI removes the reflector's zero-Doppler line;
@@ -25,7 +25,7 @@ from latent_diffusion.data.simulator import (
     simulate_one,
     simulate_recording,
 )
-from latent_diffusion.metrics.kinematics import envelopes, velocity_axis
+from latent_diffusion.metrics.kinematics import kinematic_stats, velocity_axis
 from latent_diffusion.utils.errors import UserError
 
 FC, B, TC, NS = 5.8e9, 4e8, 1e-3, 128  # the Glasgow set's Ancortek settings
@@ -77,9 +77,10 @@ def test_walker_iq_gives_the_simulators_image_and_its_torso_velocity(tmp_path):
     expect, p2 = simulate_one("walk", seed, 64, radar)
     assert p2["torso_radial_mps"] == p["torso_radial_mps"]
     np.testing.assert_allclose(imgs[0], expect, atol=1e-6)  # the same echo, the same STFT
-    _, _, centroid = envelopes(imgs, radar.v_max, radar.dynamic_range_db)
-    torso = float(np.nanmedian(centroid))
-    assert abs(torso - p["torso_radial_mps"]) < 0.5, (torso, p["torso_radial_mps"])
+    st = kinematic_stats(imgs * 2 - 1, radar.v_max, radar.dynamic_range_db, radar.duration_s)
+    assert abs(st["torso"][0] - p["torso_radial_mps"]) < 0.35, (st["torso"], p)
+    steps_hz = 2 / p["cycle_s"]  # two steps per gait cycle
+    assert abs(st["cadence"][0] / steps_hz - 1) < 0.15, (st["cadence"], steps_hz)
 
 
 def test_a_long_recording_gives_several_windows_a_short_one_is_padded_and_said(tmp_path):

@@ -133,23 +133,48 @@ def long_form(s: dict) -> str:
 
 
 def preview_grid(dm, per_class: int = 6) -> np.ndarray:
-    """uint8 (K*H, per_class*W) grid of the first training inputs of each class, as the model
-    sees them (after reading, normalising and resizing)."""
+    """uint8 grid of the first training inputs of each class, as the model sees them (after
+    reading, normalising and resizing): (K*H, per_class*W) grey. Where the inputs come from
+    colour figures, each input follows its original file, squeezed to the tile, so a wrong
+    crop or colour map shows at a glance: (K*H, 2*per_class*W, 3) RGB."""
     import torch
 
     from latent_diffusion.utils.pixels import to_uint8
 
-    ds = dm.source.split("train")
+    src = dm.source
+    ds = src.split("train")
     labels = split_labels(ds)
+    info = getattr(src, "read_info", None) or {}
+    files = getattr(ds, "files", None)
+    figures = files is not None and any("colormap" in info.get(f, {}) for f in files)
+    s = dm.image_size
     rows = []
     for k in range(len(dm.class_names)):
         idx = np.flatnonzero(labels == k)[:per_class]
-        tiles = [np.asarray(ds[int(i)][0], np.float32)[0] for i in idx]  # (H, W) in [-1, 1]
-        s = dm.image_size
-        tiles += [np.full((s, s), -1.0, np.float32)] * (per_class - len(tiles))
-        rows.append(np.concatenate(tiles, axis=1))
-    grid = torch.from_numpy(np.concatenate(rows, axis=0))[None, None]  # (1, 1, K*H, n*W)
-    return to_uint8(grid)[0, ..., 0]
+        x = [np.asarray(ds[int(i)][0], np.float32)[:1] for i in idx]  # (1, H, W) in [-1, 1]
+        x += [np.full((1, s, s), -1.0, np.float32)] * (per_class - len(x))
+        tiles = to_uint8(torch.from_numpy(np.stack(x)))  # (n, H, W, 1)
+        if not figures:
+            rows.append(np.concatenate(list(tiles[..., 0]), axis=1))
+            continue
+        pairs = []
+        for j, tile in enumerate(tiles):
+            rel = files[int(idx[j])] if j < len(idx) else None
+            pairs += [_original_tile(src.root / rel, s) if rel else np.zeros((s, s, 3), np.uint8),
+                      np.repeat(tile, 3, axis=-1)]  # fmt: skip
+        rows.append(np.concatenate(pairs, axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+def _original_tile(path: Path, size: int) -> np.ndarray:
+    """The file as it is on disk, RGB, squeezed to size x size (axes, labels and all)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+    except OSError:
+        return np.zeros((size, size, 3), np.uint8)
 
 
 def write(s: dict, dm, out_dir: Path, per_class: int = 6) -> list[Path]:
