@@ -170,6 +170,9 @@ def test_bad_raw_files_name_the_file_and_the_fix(tmp_path):
     np.savez(tmp_path / "fast.npz", iq=np.ones(5000, np.complex64), prf_hz=200.0, carrier_hz=FC)
     with pytest.raises(UserError, match=r"v_max=8.0 m/s exceeds the unambiguous velocity"):
         rr.read_raw(tmp_path / "fast.npz", raw, 64)
+    (tmp_path / "torn.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(UserError, match=r"cannot read .*torn.npz: .*corrupt, truncated"):
+        rr.read_raw(tmp_path / "torn.npz", raw, 64)
     with pytest.raises(UserError, match=r"data.raw: unknown option\(s\) \['prf'\]"):
         rr.RawRadar.make({"prf": 1000})
     with pytest.raises(

@@ -108,15 +108,6 @@ class RawRadar:
             )
         return cfg
 
-    def axes(self) -> dict:
-        """What a spectrogram's rows and columns mean: for the fingerprint and the metrics."""
-        return {
-            "v_max": self.v_max,
-            "duration_s": self.duration_s,
-            "window_s": self.window_s,
-            "velocity_rows": "row 0 = +v_max (approaching) ... last row = -v_max",
-        }
-
 
 @dataclass
 class Recording:
@@ -263,7 +254,14 @@ def read_recording(path: Path, raw: RawRadar, variable: str | None = None) -> Re
             meta = {"carrier_hz": head["carrier_hz"],
                     "prf_hz": head["samples_per_chirp"] / head["chirp_s"]}  # fmt: skip
     else:
-        named = _named_arrays(path)
+        try:
+            named = _named_arrays(path)
+        except Exception as err:  # numpy / scipy / h5py raise many types for a bad file
+            raise UserError(
+                f"cannot read {path}: {type(err).__name__}: {err}; the file is corrupt, truncated "
+                "or not what its extension says: replace or remove it (or set data.strict=false "
+                "to skip it)"
+            ) from None
         meta = {k: s for k in META_KEYS if k in named and (s := _scalar(named[k])) is not None}
         arrays = {k: np.asarray(v) for k, v in named.items() if k not in meta and np.size(v) > 1}
         if variable is not None:
