@@ -14,6 +14,7 @@ Real pixels are quantised to 8 bits like generated PNGs, so bit depth is not a d
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -318,7 +319,11 @@ def generator_subset(cfg: DictConfig, dm, train_ds, names) -> dict:
             "augmented row below 100%% real data is marked leaky"
         )
         return {"fraction": None, "seed": None, "seen": None, "known": False}
-    full = {k: v for k, v in dm.fingerprint().items() if k != "train_fraction"}
+    # as the export stores it: JSON turns the hard preset's tuples into lists, and a tuple
+    # never equals a list, so a fresh fingerprint would never match its own record
+    full = json.loads(
+        json.dumps({k: v for k, v in dm.fingerprint().items() if k != "train_fraction"})
+    )
     if rec.get("data_fingerprint") is not None and rec["data_fingerprint"] != full:
         diff = sorted(
             k
