@@ -137,6 +137,11 @@ def test_glasgow_dat_reads_as_the_same_cube_does(tmp_path):
     b, _ = rr.read_raw(tmp_path / "same.npz", rr.RawRadar.make({}), 64)
     assert info["kind"] == "fmcw" and info["prf_hz"] == pytest.approx(1000.0)
     np.testing.assert_allclose(a, b, atol=1e-4)  # text round trip at 9 significant digits
+    from scipy.io import savemat  # the same cube as a MATLAB file, parameters beside it
+
+    savemat(tmp_path / "same.mat", {"cube": cube, "chirp_s": TC, "carrier_hz": FC})
+    m, _ = rr.read_raw(tmp_path / "same.mat", rr.RawRadar.make({}), 64)
+    np.testing.assert_allclose(m, b, atol=1e-6)
     assert abs(doppler_row_velocity(a[0], 8.0) - 1.2) <= 0.25
 
 

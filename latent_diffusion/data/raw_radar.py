@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from latent_diffusion.data import radar as rad
+from latent_diffusion.data.readers import mat_variables
 from latent_diffusion.utils.errors import UserError
 
 RAW_EXTS = (".dat", ".npy", ".npz", ".mat", ".h5", ".hdf5")
@@ -219,12 +220,7 @@ def _named_arrays(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     if ext == ".mat":
-        try:
-            from scipy.io import loadmat
-
-            return {k: v for k, v in loadmat(path).items() if not k.startswith("__")}
-        except NotImplementedError:  # v7.3 = HDF5
-            pass
+        return mat_variables(path)
     import h5py
 
     out = {}
@@ -233,8 +229,6 @@ def _named_arrays(path: Path) -> dict[str, np.ndarray]:
         f.visititems(
             lambda k, v: out.__setitem__(k, v[()]) if isinstance(v, h5py.Dataset) else None
         )
-    if ext == ".mat":  # MATLAB stores arrays transposed in v7.3
-        out = {k: (v.T if np.ndim(v) > 1 else v) for k, v in out.items()}
     return out
 
 

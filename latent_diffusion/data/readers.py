@@ -97,7 +97,9 @@ def _h5_to_numpy(ds) -> np.ndarray:
     return np.asarray(a).T
 
 
-def _read_mat(path: Path, variable: str | None) -> np.ndarray:
+def mat_variables(path: Path) -> dict[str, np.ndarray]:
+    """A MATLAB file's numeric variables by name, v5 (scipy) or v7.3 (HDF5: MATLAB's
+    row/column order restored, complex compounds made complex)."""
     import h5py
     import scipy.io
 
@@ -113,9 +115,12 @@ def _read_mat(path: Path, variable: str | None) -> np.ndarray:
                         named[name] = _h5_to_numpy(obj)
 
             f.visititems(visit)
-        return _pick_2d(named, path, variable)
-    named = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
-    return _pick_2d(named, path, variable)
+        return named
+    return {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
+
+
+def _read_mat(path: Path, variable: str | None) -> np.ndarray:
+    return _pick_2d(mat_variables(path), path, variable)
 
 
 def _read_image(
