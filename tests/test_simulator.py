@@ -201,6 +201,47 @@ def test_pool_equals_serial():
     fall_only = generate(["fall"], 3, "val", 11, 64, RADAR)
     assert np.array_equal(fall_only[0], serial[0][3:])
 
+def _stuck_in_workers(parent: int, how: str):
+    """_simulate_task as a pool worker would run it if it deadlocked or died; the parent
+    process itself simulates normally."""
+    import os
+    import time
+
+    real = sim._simulate_task
+
+    def task(args):
+        if os.getpid() != parent:
+            if how == "dies":
+                os._exit(3)
+            time.sleep(3600)  # a deadlocked worker: never returns, never exits
+        return real(args)
+
+    return task
+
+
+@pytest.mark.parametrize("how", ["hangs", "dies"])
+def test_a_stuck_or_dead_pool_worker_does_not_hang_the_run(how, monkeypatch, caplog):
+    """generate goes on in this process when its forked workers stop answering or die (a
+    fork beside other threads can deadlock; Pool.map waits for ever on a dead worker): the
+    same spectrograms, a warning, and seconds instead of for ever."""
+    import os
+    import time
+
+    serial = generate(["walk", "fall"], 3, "val", 11, 64, RADAR, workers=0)
+    monkeypatch.setattr(sim, "_simulate_task", _stuck_in_workers(os.getpid(), how))
+    monkeypatch.setattr(sim, "STALL_S", 2.0)
+    t0 = time.perf_counter()
+    with caplog.at_level("WARNING", logger=sim.__name__):
+        pooled = generate(["walk", "fall"], 3, "val", 11, 64, RADAR, workers=2)
+    assert time.perf_counter() - t0 < 30
+    assert np.array_equal(serial[0], pooled[0]) and serial[2] == pooled[2]
+    said = "returned nothing for 2 s" if how == "hangs" else "died"
+    assert any(said in r.message and "remaining 6 of 6" in r.message for r in caplog.records)
+    import multiprocessing
+
+    assert not multiprocessing.active_children()  # no worker left behind
+
+
 
 @pytest.mark.slow
 def test_classes_are_separable_by_a_simple_classifier():

@@ -20,6 +20,8 @@ import multiprocessing as mp
 import os
 import sys
 import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,6 +288,50 @@ def quantize(img: np.ndarray) -> np.ndarray:
     return np.round(np.clip(img, 0, 1) * 65535).astype(np.uint16)
 
 
+# A pool that returns no chunk for this long is taken as stuck (a spectrogram takes well
+# under a second; a chunk is at most CHUNK of them).
+STALL_S = 120.0
+CHUNK = 32
+
+
+def _simulate_chunk(chunk: list) -> list:
+    return [_simulate_task(t) for t in chunk]
+
+
+def _pooled(tasks: list, workers: int) -> list:
+    """The tasks' results in order from a process pool, as far as the pool got. A forked
+    worker can deadlock on a lock that another thread of this process held at the fork
+    (`generate`'s thread check misses the threads C++ libraries start), and a dead worker
+    leaves multiprocessing.Pool.map waiting for ever (this executor raises instead). Both end
+    the pool: its workers are killed and the caller simulates the rest in this process."""
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    size = max(1, min(CHUNK, len(tasks) // (8 * workers)))
+    out: list = []
+    pool = ProcessPoolExecutor(workers, mp_context=ctx)
+    try:
+        chunks = [
+            pool.submit(_simulate_chunk, tasks[i : i + size]) for i in range(0, len(tasks), size)
+        ]
+        for chunk in chunks:
+            out += chunk.result(timeout=STALL_S)
+    except (TimeoutError, BrokenProcessPool) as e:
+        why = f"returned nothing for {STALL_S:.0f} s" if isinstance(e, TimeoutError) else "died"
+        log.warning(
+            "a simulator worker process %s: simulating the remaining %d of %d spectrograms in "
+            "this process",
+            why,
+            len(tasks) - len(out),
+            len(tasks),
+        )
+        # a stuck worker never exits on its own; killing it breaks the pool, and the
+        # executor then stops the others and its own threads
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.kill()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return out
+
+
 def generate(
     classes, counts, split, base_seed, image_size, radar, workers=0, hard=None, recordings=False
 ):
@@ -311,12 +357,8 @@ def generate(
             threading.active_count(),
         )
         workers = 0
-    if workers and workers > 1 and len(tasks) > 1:
-        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        with ctx.Pool(workers) as pool:
-            out = pool.map(_simulate_task, tasks, chunksize=max(1, len(tasks) // (8 * workers)))
-    else:
-        out = [_simulate_task(t) for t in tasks]
+    out = _pooled(tasks, workers) if workers and workers > 1 and len(tasks) > 1 else []
+    out += [_simulate_task(t) for t in tasks[len(out) :]]
     empty = np.zeros((0, image_size, image_size), np.uint16)
     pix = np.stack([o[0] for o in out]) if out else empty
     return pix, np.asarray(labels, np.int64), [o[1] for o in out]
