@@ -202,21 +202,21 @@ def test_pool_equals_serial():
     assert np.array_equal(fall_only[0], serial[0][3:])
 
 def _stuck_in_workers(parent: int, how: str):
-    """_simulate_task as a pool worker would run it if it deadlocked or died; the parent
-    process itself simulates normally."""
+    """simulate_one as a pool worker would run it if it deadlocked or died; the parent
+    process itself simulates normally (forked workers inherit the patched module)."""
     import os
     import time
 
-    real = sim._simulate_task
+    real = sim.simulate_one
 
-    def task(args):
+    def simulate_one(*args, **kwargs):
         if os.getpid() != parent:
             if how == "dies":
                 os._exit(3)
             time.sleep(3600)  # a deadlocked worker: never returns, never exits
-        return real(args)
+        return real(*args, **kwargs)
 
-    return task
+    return simulate_one
 
 
 @pytest.mark.parametrize("how", ["hangs", "dies"])
@@ -228,7 +228,7 @@ def test_a_stuck_or_dead_pool_worker_does_not_hang_the_run(how, monkeypatch, cap
     import time
 
     serial = generate(["walk", "fall"], 3, "val", 11, 64, RADAR, workers=0)
-    monkeypatch.setattr(sim, "_simulate_task", _stuck_in_workers(os.getpid(), how))
+    monkeypatch.setattr(sim, "simulate_one", _stuck_in_workers(os.getpid(), how))
     monkeypatch.setattr(sim, "STALL_S", 2.0)
     t0 = time.perf_counter()
     with caplog.at_level("WARNING", logger=sim.__name__):
