@@ -201,6 +201,7 @@ def test_pool_equals_serial():
     fall_only = generate(["fall"], 3, "val", 11, 64, RADAR)
     assert np.array_equal(fall_only[0], serial[0][3:])
 
+
 def _stuck_in_workers(parent: int, how: str):
     """simulate_one as a pool worker would run it if it deadlocked or died; the parent
     process itself simulates normally (forked workers inherit the patched module)."""
@@ -240,7 +241,6 @@ def test_a_stuck_or_dead_pool_worker_does_not_hang_the_run(how, monkeypatch, cap
     import multiprocessing
 
     assert not multiprocessing.active_children()  # no worker left behind
-
 
 
 @pytest.mark.slow
