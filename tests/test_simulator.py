@@ -196,8 +196,8 @@ def test_images_are_in_range_and_deterministic():
 def pool_allowed(monkeypatch):
     """generate runs in one process when other threads exist (a fork beside them can
     deadlock), and libraries used by earlier tests of a session leave threads running:
-    the pool tests say there are none, or they would test the serial path. Returns the
-    number of pools started so far."""
+    the pool tests say there are none, or they would test the serial path. Returns a list
+    that grows by one for each pool started."""
     monkeypatch.setattr(sim.threading, "active_count", lambda: 1)
     started = []
     real = sim._pooled
@@ -214,6 +214,28 @@ def test_pool_equals_serial(pool_allowed):
     # a subset of classes keeps each class's samples (class index is into CLASSES)
     fall_only = generate(["fall"], 3, "val", 11, 64, RADAR)
     assert np.array_equal(fall_only[0], serial[0][3:])
+
+
+def test_no_pool_is_forked_beside_other_threads(monkeypatch, caplog):
+    """A fork copies only the calling thread, so a lock another thread holds stays locked in
+    the workers: with another thread running, generate simulates in this process and says so."""
+    import threading
+
+    started = []
+    monkeypatch.setattr(sim, "_pooled", lambda *a: started.append(1) or [])
+    release = threading.Event()
+    other = threading.Thread(target=release.wait, daemon=True)
+    other.start()
+    try:
+        with caplog.at_level("INFO", logger=sim.__name__):
+            beside = generate(["walk", "fall"], 3, "val", 11, 64, RADAR, workers=2)
+    finally:
+        release.set()
+        other.join()
+    assert not started
+    assert any("a fork could deadlock" in r.message for r in caplog.records)
+    serial = generate(["walk", "fall"], 3, "val", 11, 64, RADAR, workers=0)
+    assert np.array_equal(serial[0], beside[0])
 
 
 def _stuck_in_workers(parent: int, how: str):
