@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from cli import run_cli
@@ -24,7 +25,7 @@ def bench(tmp_path_factory, request):
         "bench",
         f"out_dir={out}",
         "quick=true",
-        "parts=[train,sample,vae,gpu_switches]",
+        "parts=[train,sample,vae,resolution,gpu_switches]",
         "lightning.steps=1",
         "sample.repeats=1",
         "repeats=1",
@@ -64,7 +65,7 @@ def test_documented_keys_and_finite_rates(bench):
     ):
         assert key in meta
     assert meta["quick"] is True and meta["device"] == "cpu"
-    assert set(res["parts"]) == {"train", "sample", "vae", "gpu_switches"}
+    assert set(res["parts"]) == {"train", "sample", "vae", "resolution", "gpu_switches"}
     rates = list(_rates(res["parts"]))
     assert len(rates) >= 12
     assert all(math.isfinite(r) and r > 0 for r in rates), rates
@@ -123,6 +124,25 @@ def test_guidance_cost_is_the_quotient_of_its_variants(bench):
     assert g["ratios"]["guided_over_two_forwards"] == pytest.approx(
         med["guided_batched"] / med["two_forwards"]
     )
+
+
+def test_resolution_part_times_the_128_experiments_model(bench):
+    """128x128 runs the model experiment=microdoppler_128 builds (its keys read from the file)
+    on 4x32x32 latents beside model=tiny's 64x64 path; ratios are this run's quotients."""
+    from omegaconf import OmegaConf
+
+    res, md = bench
+    r = res["parts"]["resolution"]
+    exp = OmegaConf.load(Path(__file__).parents[1] / "conf/experiment/microdoppler_128.yaml")
+    assert r["model_128_overrides"] == OmegaConf.to_container(exp.model)
+    assert r["latent_shapes"] == {"64": [4, 16, 16], "128": [4, 32, 32]}
+    assert r["params_M"]["128"] > r["params_M"]["64"]  # the extra level's weights
+    ips = {k: v["images_per_s"] for k, v in r["variants"].items()}
+    for stage in ("train", "sample", "decode"):
+        assert r["ratios"][f"{stage}_64_over_128"] == pytest.approx(
+            ips[f"{stage}_64"] / ips[f"{stage}_128"]
+        )
+    assert "## 128x128 vs 64x64" in md
 
 
 def test_unknown_part_is_a_user_error(tmp_path, request):

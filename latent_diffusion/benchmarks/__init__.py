@@ -5,6 +5,7 @@ setup.py     the VAE, denoisers (latent and the paired pixel UNet), module, batc
 training.py  train throughput (latent/pixel, cached/online, bf16), Lightning vs bare loop,
              batch scaling
 data.py      simulator, DataLoader vs training step, VAE encode/decode
+resolution.py  the 128x128 -> 4x32x32 path vs 64x64 -> 4x16x16: train, sample, decode
 sampling.py  samplers with and without guidance, the cost of one guided forward
 gpu.py       GPU switches (CUDA only) and torch.profiler top items
 report.py    headline ratios against their targets, Markdown
@@ -12,6 +13,6 @@ report.py    headline ratios against their targets, Markdown
 
 # The part names, importable without torch (the entry point checks `parts` before the
 # heavy imports); runner.PARTS maps each to its function.
-PART_NAMES = ("train", "batch", "data", "vae", "sample", "gpu_switches", "profile")
+PART_NAMES = ("train", "batch", "data", "vae", "sample", "resolution", "gpu_switches", "profile")
 
 __all__ = ["PART_NAMES"]

@@ -193,6 +193,19 @@ def to_markdown(result: dict) -> str:
             "ratios (time): " + ", ".join(f"{k} = {_f(v, 3)}" for k, v in g["ratios"].items()),
             "",
         ]
+    if "resolution" in parts:
+        r = parts["resolution"]
+        L += ["## 128x128 vs 64x64", ""]
+        L += _variants(
+            f"model={r['model']}: latent {r['latent_shapes']['64']} ({r['params_M']['64']} M "
+            f"params) vs {r['latent_shapes']['128']} ({r['params_M']['128']} M params, "
+            f"{r['model_128_overrides']}); train = cached-latent step at batch "
+            f"{r['batch_size']}, sample = {r['n_images']} images DPM-Solver++-20 at "
+            f"w={r['guidance']}, decode = VAE decode of {r['n_images']} latents",
+            r["variants"],
+            "images_per_s",
+        )
+        L += ["ratios: " + ", ".join(f"{k} = {_f(v)}" for k, v in r["ratios"].items()), ""]
     if "gpu_switches" in parts:
         gs = parts["gpu_switches"]
         L += ["## GPU switches", ""]

@@ -11,7 +11,15 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from latent_diffusion.benchmarks import PART_NAMES, data, gpu, sampling, setup, training
+from latent_diffusion.benchmarks import (
+    PART_NAMES,
+    data,
+    gpu,
+    resolution,
+    sampling,
+    setup,
+    training,
+)
 from latent_diffusion.benchmarks.report import summary, to_markdown
 from latent_diffusion.benchmarks.timing import loadavg, resolve_device
 from latent_diffusion.utils.errors import UserError
@@ -27,6 +35,7 @@ PARTS = {
     "sample": lambda cfg, device, vae, pool: sampling.run_sample(
         cfg, device, vae, pool[0].shape[-1]
     ),
+    "resolution": resolution.run_resolution,
     "gpu_switches": gpu.run_gpu_switches,
     "profile": gpu.run_profile,
 }

@@ -18,10 +18,10 @@ from latent_diffusion.diffusion import cfg_model_fn, create_diffusion
 from latent_diffusion.pipeline import LatentDiffusionPipeline
 
 
-def bench_pipeline(size, shape, device) -> LatentDiffusionPipeline:
+def bench_pipeline(size, shape, device, **overrides) -> LatentDiffusionPipeline:
     """A pipeline around an untrained denoiser (speed does not depend on the weights), with
     the default diffusion; no VAE: decoding is timed in the vae part."""
-    model = setup.make_denoiser(size, shape).to(device).eval()
+    model = setup.make_denoiser(size, shape, **overrides).to(device).eval()
     return LatentDiffusionPipeline(model, create_diffusion(), list(setup.CLASSES), shape)
 
 

@@ -51,8 +51,12 @@ def pixel_channel_mult(size: str, downsample_factor: int) -> list[int]:
     return [mult[0]] * int(round(math.log2(downsample_factor))) + mult
 
 
-def make_denoiser(size: str, shape: tuple[int, int, int], channel_mult=None, channels_last=False):
+def make_denoiser(
+    size: str, shape: tuple[int, int, int], channel_mult=None, channels_last=False, **overrides
+):
+    """`overrides`: model keys an experiment sets (e.g. attention_resolutions)."""
     extra = {"channel_mult": channel_mult} if channel_mult is not None else {}
+    extra.update(overrides)
     if channels_last:
         extra["channels_last"] = True
     torch.manual_seed(0)
