@@ -45,6 +45,7 @@ Loading needs neither Lightning nor Hydra, and runs no pickled code.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,6 +199,8 @@ class LatentDiffusionPipelineOutput(BaseOutput):
 
     images: list | np.ndarray | torch.Tensor
     latents: torch.Tensor | None = None
+    # seconds per stage of this call: "denoise" (the sampler) and "decode" (the VAE)
+    timings: dict | None = None
 
 
 class LatentDiffusionPipeline:
@@ -224,6 +227,7 @@ class LatentDiffusionPipeline:
             None  # a noisy latent classifier for classifier guidance (load_classifier)
         )
         self.classifier_meta: dict | None = None
+        self.autocast_dtype: torch.dtype | None = None  # optimize_for_inference(precision=)
 
     @property
     def meta(self) -> dict:
@@ -245,6 +249,24 @@ class LatentDiffusionPipeline:
         if self.vae is not None:
             self.vae.to(device)
         return self
+
+    def optimize_for_inference(
+        self, precision: str = "auto", channels_last: bool = False, compile: bool = False
+    ) -> dict:
+        """Speed switches for the denoiser (latent_diffusion/inference.py): bf16 autocast where
+        the device has bf16 arithmetic (auto), NHWC memory layout, torch.compile. The images
+        change only by the rounding of bf16; the seeds and the batch-size independence hold.
+        Returns what was applied, with the reason where a request was changed."""
+        from latent_diffusion.inference import resolve_precision, set_channels_last
+
+        chosen, note = resolve_precision(precision, self.device)
+        self.autocast_dtype = torch.bfloat16 if chosen == "bf16" else None
+        applied = {"precision": chosen, "precision_note": note}
+        applied["channels_last"] = bool(channels_last) and set_channels_last(self.denoiser)
+        if compile:
+            self.denoiser = torch.compile(self.denoiser)
+        applied["compile"] = bool(compile)
+        return applied
 
     # -------------------------------------------------------------- loading / saving
     @classmethod
@@ -376,7 +398,6 @@ class LatentDiffusionPipeline:
         model's sampler output is the image, clamped."""
         return self.vae.decode(z) if self.vae is not None else z.clamp(-1, 1)
 
-    @torch.no_grad()
     def __call__(
         self,
         class_labels,
@@ -404,6 +425,7 @@ class LatentDiffusionPipeline:
         after each batch with its image count (progress bars). classifier_scale s: classifier
         guidance with the classifier of load_classifier, s grad log p(y | x_t) added to the score
         (0 = none; 1 = p(x | y) for an exact classifier); it combines with guidance_scale.
+        The output's `timings` holds the seconds spent denoising and decoding.
         """
         if output_type not in OUTPUT_TYPES:
             raise UserError(f"output_type={output_type!r}: use one of {', '.join(OUTPUT_TYPES)}")
@@ -430,9 +452,32 @@ class LatentDiffusionPipeline:
             raise UserError(
                 f"{len(generator)} generators for {len(labels)} images: give one per image"
             )
+        # inference_mode skips autograd's version counting; classifier guidance needs a graph
+        # through the classifier (the denoiser itself always runs without one)
+        with torch.no_grad() if classifier_scale > 0 else torch.inference_mode():
+            out = self._generate(
+                labels, steps, guidance_scale, sampler, seed, indices, generator, eta,
+                batch_size, output_type, return_latents, on_batch, classifier_scale,
+            )  # fmt: skip
+        # tensors made in inference mode refuse in-place updates and autograd afterwards;
+        # a copy made outside it is an ordinary tensor for the caller
+        same = out.latents is out.images  # output_type="latent" with return_latents
+        if isinstance(out.images, torch.Tensor) and out.images.is_inference():
+            out.images = out.images.clone()
+        if out.latents is not None and out.latents.is_inference():
+            out.latents = out.images if same else out.latents.clone()
+        return out
+
+    def _generate(
+        self, labels, steps, guidance_scale, sampler, seed, indices, generator, eta,
+        batch_size, output_type, return_latents, on_batch, classifier_scale,
+    ) -> LatentDiffusionPipelineOutput:  # fmt: skip
+        from latent_diffusion.inference import autocast_model_fn
+
         device = self.device
         kw = {"eta": float(eta)} if sampler == "ddim" else {}
         xs, zs = [], []
+        timings = {"denoise": 0.0, "decode": 0.0}
         for start in range(0, len(labels), batch_size):
             chunk = labels[start : start + batch_size]
             if generator is None:
@@ -450,12 +495,14 @@ class LatentDiffusionPipeline:
                 gens = list(generator[start : start + batch_size])
             y = torch.tensor(chunk, dtype=torch.long, device=device)  # (B,)
             fn = cfg_model_fn(self.denoiser, y, self.denoiser.null_class, float(guidance_scale))
+            fn = autocast_model_fn(fn, device, self.autocast_dtype)
             # scale 0 passes no hook: the unguided sampler, without the classifier's cost
             cond = (
                 classifier_cond_fn(self.classifier, y, classifier_scale)
                 if classifier_scale > 0
                 else None
             )
+            t0 = time.perf_counter()
             z = sample(
                 sampler,
                 self.diffusion,
@@ -467,17 +514,25 @@ class LatentDiffusionPipeline:
                 cond_fn=cond,
                 **kw,
             )  # (B, c, h, w) float32
-            zs.append(z.cpu())
+            zs.append(z.cpu())  # .cpu() waits for a GPU's kernels: the clock is honest
+            t1 = time.perf_counter()
+            timings["denoise"] += t1 - t0
             if output_type != "latent":
                 xs.append(self.decode(z).float().cpu())  # (B, C, H, W) in [-1, 1]
+                timings["decode"] += time.perf_counter() - t1
             if on_batch is not None:
                 on_batch(len(chunk))
         z = torch.cat(zs) if zs else torch.zeros((0, *self.latent_shape))
+        timings = {k: round(v, 4) for k, v in timings.items()}
         if output_type == "latent":
-            return LatentDiffusionPipelineOutput(images=z, latents=z if return_latents else None)
+            return LatentDiffusionPipelineOutput(
+                images=z, latents=z if return_latents else None, timings=timings
+            )
         x = torch.cat(xs) if xs else torch.zeros((0, 1, 1, 1))
         return LatentDiffusionPipelineOutput(
-            images=self.postprocess(x, output_type), latents=z if return_latents else None
+            images=self.postprocess(x, output_type),
+            latents=z if return_latents else None,
+            timings=timings,
         )
 
     @staticmethod

@@ -6,7 +6,8 @@ the order they run:
   plan(...)         the image list: (class index, index within class), row-major by class
   shard(...)        rank r of W takes images r, r + W, r + 2W, ...
   generate(...)     LatentDiffusionPipeline(...) on this rank's share -> uint8 images
-  write_samples(..) grid.png, <class>/*.png, samples.npz, metadata.json in one atomic folder
+  SampleWriter      (sample_writer.py) <class>/*.png written by a thread while the next batch
+                    is sampled; grid.png, samples.npz, metadata.json; one atomic folder
 
 Reproducibility is the pipeline's seed rule (pipeline.py): image (class, index)
 draws all its noise from its own generator seeded with image_seed(seed, class,
@@ -27,21 +28,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latent_diffusion.lit.grid import class_grid
 from latent_diffusion.pipeline import (
     IMAGE_SEED_RULE,
     check_sampling_args,
-    image_seed,
     read_export_meta,
 )
+from latent_diffusion.sample_writer import SampleWriter
 from latent_diffusion.utils.errors import UserError
-from latent_diffusion.utils.io import atomic_dir, atomic_write_json, check_replaceable
-from latent_diffusion.utils.pixels import png_bytes
+from latent_diffusion.utils.io import check_replaceable
 
 log = logging.getLogger(__name__)
 
 WRITER = "latent_diffusion.sample"  # metadata["writer"]: folders `sample` may replace
-GRID_COLS = 8
 
 
 # ------------------------------------------------------------------ the image list
@@ -151,9 +149,10 @@ def generate(
     eta: float = 0.0,
     on_batch: Callable[[int], None] | None = None,
     classifier_scale: float = 0.0,
+    timings: dict | None = None,
 ) -> np.ndarray:
     """Images (N, H, W, C) uint8 of `items` [(class index, index within class)] from the
-    pipeline."""
+    pipeline; the pipeline's seconds per stage are added into `timings` when given."""
     out = pipe(
         [c for c, _ in items],
         num_inference_steps=steps,
@@ -167,6 +166,9 @@ def generate(
         on_batch=on_batch,
         classifier_scale=classifier_scale,
     )
+    if timings is not None:
+        for k, v in (out.timings or {}).items():
+            timings[k] = timings.get(k, 0.0) + v
     return out.images if len(items) else np.zeros((0, 1, 1, 1), np.uint8)
 
 
@@ -192,47 +194,6 @@ def default_out_dir(
 def check_out_dir(out: Path) -> None:
     """Refuse to replace a non-empty folder that `sample` did not write."""
     check_replaceable(out, WRITER, "sample")
-
-
-def write_samples(
-    out: Path,
-    images: np.ndarray,
-    items: Sequence[tuple[int, int]],
-    class_names: list[str],
-    meta: dict,
-) -> Path:
-    """Write the sample folder under a temporary name, then rename it to `out`.
-
-    out/<class>/<class>_<index:05d>.png   8-bit grey, row 0 = top = +velocity, as simulate writes
-    out/grid.png                          one labelled row per class, up to 8 columns
-    out/samples.npz                       arr_0 (N, H, W, C) uint8, arr_1 (N,) int64 class
-                                          indices into meta["class_names"] (guided-diffusion's
-                                          format)
-    out/metadata.json                     meta + the file list with each image's seed
-    """
-    labels = np.array([c for c, _ in items], dtype=np.int64)
-    order = list(dict.fromkeys(c for c, _ in items))  # classes in the order asked for
-    files = []
-    with atomic_dir(out, overwrite=True) as tmp:
-        for c in order:
-            (tmp / class_names[c]).mkdir()
-        for img, (c, k) in zip(images, items, strict=True):
-            name = f"{class_names[c]}/{class_names[c]}_{k:05d}.png"
-            (tmp / name).write_bytes(png_bytes(img))
-            files.append(
-                {
-                    "file": name,
-                    "class": class_names[c],
-                    "index": k,
-                    "seed": image_seed(meta["seed"], c, k),
-                }
-            )
-        n_cols = min(GRID_COLS, min(int((labels == c).sum()) for c in order))
-        rows = np.concatenate([images[labels == c][:n_cols] for c in order])
-        class_grid(rows, [class_names[c] for c in order], n_cols).save(tmp / "grid.png")
-        np.savez(tmp / "samples.npz", images, labels)
-        (tmp / "metadata.json").write_text(json.dumps({**meta, "files": files}, indent=1) + "\n")
-    return out
 
 
 # ------------------------------------------------------------------ several processes
@@ -264,6 +225,37 @@ def gather_to_rank0(part: np.ndarray, positions: list[int], world_size: int, n: 
         if len(pos):
             full[pos] = p
     return full
+
+
+def finish(writer, record: dict, stages: dict, n_mine: int, t: dict) -> dict:
+    """Wait for the PNG thread, then write metadata.json with the seconds per stage:
+    denoise and decode summed over this process's batches (the pipeline's clocks); write =
+    the writer thread's PNG time (overlapped with sampling in one process) and write_wait =
+    how long sampling waited for it at the end; end_to_end = first batch to all PNGs on
+    disk. images_per_s counts denoise + decode (this process's images x processes);
+    images_per_s_end_to_end counts everything."""
+    writer.wait()
+    end = time.time()
+    n = record["n_images"]
+    timings = {
+        "load": round(t["load"], 3),
+        "sample": round(t["sample"], 3),
+        **{k: round(v, 3) for k, v in stages.items()},
+        "write": round(writer.write_s, 3),
+        "write_wait": round(writer.wait_s, 3),
+        "end_to_end": round(end - t["start_sampling"], 3),
+        "total": round(end - t["start"], 3),
+    }
+    full = {
+        **record,
+        "image_shape": writer.image_shape,
+        "timings_s": timings,
+        "images_per_s": round(
+            n_mine * record["world_size"] / max(stages["denoise"] + stages["decode"], 1e-9), 3
+        ),
+        "images_per_s_end_to_end": round(n / max(end - t["start_sampling"], 1e-9), 3),
+    }
+    return writer.finish(full, record["seed"])
 
 
 # ------------------------------------------------------------------ the whole command
@@ -312,39 +304,27 @@ def sample_run(cfg) -> Path | None:
         pipe = LatentDiffusionPipeline.from_pretrained(export_path, device=device)
         if classifier is not None:
             pipe.load_classifier(classifier)
+        inference = pipe.optimize_for_inference(
+            str(cfg.get("precision", "auto")),
+            bool(cfg.get("channels_last", False)),
+            bool(cfg.get("compile", False)),
+        )
+        if inference["precision_note"] and rank == 0:
+            log.info(inference["precision_note"])
         t_load = time.time() - t0
 
         items = plan(class_idx, int(cfg.n_per_class))
         mine = shard(len(items), rank, world)
+        # the whole job on rank 0's bar: ranks hold equal shares (+-1) and run in step, so
+        # rank 0's count x world is everyone's
         bar = tqdm(
-            total=len(mine),
+            total=len(items),
             unit="img",
             desc=f"{sampler}-{steps or T} w={guidance:g}",
             disable=rank != 0 or not cfg.progress,
             dynamic_ncols=True,
         )
-        t0 = time.time()
-        part = generate(
-            pipe,
-            [items[i] for i in mine],
-            sampler,
-            steps,
-            guidance,
-            seed,
-            int(cfg.batch_size),
-            float(cfg.eta),
-            on_batch=bar.update,
-            classifier_scale=cls_scale,
-        )
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t_sample = time.time() - t0
-        bar.close()
-        images = gather_to_rank0(part, mine, world, len(items))
-        if rank != 0:
-            return None
         per_class = {pipe.class_names[c]: int(cfg.n_per_class) for c in class_idx}
-        t0 = time.time()
         record = {
             "writer": WRITER,
             "export": str(export_path.resolve()),
@@ -364,28 +344,51 @@ def sample_run(cfg) -> Path | None:
             "classes": [pipe.class_names[c] for c in class_idx],
             "counts": per_class,
             "n_images": len(items),
-            "image_shape": list(images.shape[1:]),
             "pixels": "8-bit grey, value/255 = (x + 1) / 2 of the package's [-1, 1] convention; "
             "row 0 = +v_max (approaching), columns = time (as simulate writes)",
             "batch_size": int(cfg.batch_size),
             "world_size": world,
             "device": str(device),
-            "timings_s": {"load": round(t_load, 3), "sample": round(t_sample, 3)},
-            "images_per_s": round(len(mine) * world / max(t_sample, 1e-9), 3),
+            "inference": inference,
         }
-        write_samples(out, images, items, pipe.class_names, record)
-        # the write time is known only after the folder is in place; record it beside the rest
-        record_path = out / "metadata.json"
-        full = json.loads(record_path.read_text())
-        full["timings_s"].update(
-            write=round(time.time() - t0, 3), total=round(time.time() - t_start, 3)
-        )
-        atomic_write_json(record_path, full)
+        B, stages = int(cfg.batch_size), {"denoise": 0.0, "decode": 0.0}
+
+        def sample_items(its):
+            return generate(
+                pipe, its, sampler, steps, guidance, seed, B, float(cfg.eta),
+                on_batch=lambda n: bar.update(min(n * world, bar.total - bar.n)),
+                classifier_scale=cls_scale, timings=stages,
+            )  # fmt: skip
+
+        t = {"start": t_start, "load": t_load, "start_sampling": time.time()}
+        if world == 1:
+            # one process: each batch goes to the writer thread while the next is sampled
+            with SampleWriter(out, pipe.class_names, class_idx) as writer:
+                for start in range(0, len(items), B):
+                    its = items[start : start + B]
+                    writer.add(sample_items(its), its)
+                t["sample"] = time.time() - t["start_sampling"]
+                full = finish(writer, record, stages, len(mine), t)
+        else:
+            part = sample_items([items[i] for i in mine])
+            t["sample"] = time.time() - t["start_sampling"]
+            images = gather_to_rank0(part, mine, world, len(items))
+            if rank != 0:
+                bar.close()
+                return None
+            with SampleWriter(out, pipe.class_names, class_idx) as writer:
+                writer.add(images, items)
+                full = finish(writer, record, stages, len(mine), t)
+        bar.close()
         log.info(
-            "%d images in %.1f s (%.2f images/s) -> %s",
+            "%d images in %.1f s (%.2f images/s end to end; denoise %.1f s, decode %.1f s, "
+            "write %.1f s in the writer thread) -> %s",
             len(items),
-            t_sample,
-            record["images_per_s"],
+            full["timings_s"]["end_to_end"],
+            full["images_per_s_end_to_end"],
+            stages["denoise"],
+            stages["decode"],
+            full["timings_s"]["write"],
             out,
         )
         return out

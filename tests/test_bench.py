@@ -25,7 +25,7 @@ def bench(tmp_path_factory, request):
         "bench",
         f"out_dir={out}",
         "quick=true",
-        "parts=[train,sample,vae,resolution,gpu_switches]",
+        "parts=[train,sample,vae,inference,resolution,gpu_switches]",
         "lightning.steps=1",
         "sample.repeats=1",
         "repeats=1",
@@ -65,7 +65,9 @@ def test_documented_keys_and_finite_rates(bench):
     ):
         assert key in meta
     assert meta["quick"] is True and meta["device"] == "cpu"
-    assert set(res["parts"]) == {"train", "sample", "vae", "resolution", "gpu_switches"}
+    assert set(res["parts"]) == {
+        "train", "sample", "vae", "inference", "resolution", "gpu_switches"
+    }  # fmt: skip
     rates = list(_rates(res["parts"]))
     assert len(rates) >= 12
     assert all(math.isfinite(r) and r > 0 for r in rates), rates
@@ -143,6 +145,24 @@ def test_resolution_part_times_the_128_experiments_model(bench):
             ips[f"{stage}_64"] / ips[f"{stage}_128"]
         )
     assert "## 128x128 vs 64x64" in md
+
+
+def test_inference_part_compares_switches_and_splits_the_stages(bench):
+    """channels_last beside fp32 in one run; bf16 is run only where the CPU has bf16
+    arithmetic and otherwise named with the reason; ms per image for each stage."""
+    from latent_diffusion.inference import cpu_bf16_flags
+
+    res, md = bench
+    r = res["parts"]["inference"]
+    ips = {k: v["images_per_s"] for k, v in r["variants"].items()}
+    assert {"fp32", "channels_last"} <= set(ips)
+    assert r["ratios"]["channels_last_over_fp32"] == pytest.approx(
+        ips["channels_last"] / ips["fp32"]
+    )
+    assert ("bf16" in ips) == bool(cpu_bf16_flags()) != ("bf16" in r["skipped"])
+    ms = r["per_image_ms_fp32"]
+    assert ms["denoise"] > 0 and ms["decode"] > 0 and ms["write_png"] > 0
+    assert "## Sampling switches" in md
 
 
 def test_unknown_part_is_a_user_error(tmp_path, request):

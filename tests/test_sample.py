@@ -31,7 +31,8 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # a busy 2-core machine runs tiny models 
 
 # ------------------------------------------------------------------ no model needed
 def test_image_seeds_are_distinct_stable_and_independent_of_the_rest():
-    from latent_diffusion.sampling import image_seed, plan, shard
+    from latent_diffusion.pipeline import image_seed
+    from latent_diffusion.sampling import plan, shard
 
     seeds = {image_seed(0, c, k) for c in range(8) for k in range(500)}
     assert len(seeds) == 8 * 500  # no two images share a noise stream
@@ -167,11 +168,16 @@ def test_outputs_npz_pngs_grid_and_metadata(sample_src, batch8):
         0.0,
         7,
     )
-    assert (
-        meta["images_per_s"] > 0
-        and meta["timings_s"]["sample"] > 0
-        and "total" in meta["timings_s"]
-    )
+    tm = meta["timings_s"]
+    assert meta["images_per_s"] > 0 and meta["images_per_s_end_to_end"] > 0
+    # seconds per stage: the pipeline's clocks and the writer thread's
+    assert tm["denoise"] > 0 and tm["decode"] > 0 and tm["write"] > 0
+    assert tm["denoise"] + tm["decode"] <= tm["sample"] + 1e-3 <= tm["end_to_end"] + 2e-3
+    assert tm["end_to_end"] <= tm["total"]
+    assert meta["images_per_s"] == pytest.approx(6 / (tm["denoise"] + tm["decode"]), rel=0.01)
+    # this CPU has no bf16 arithmetic: auto chose fp32 and says why
+    assert meta["inference"]["precision"] in ("fp32", "bf16")
+    assert meta["inference"]["channels_last"] is False and meta["inference"]["compile"] is False
     assert sorted(p.name for p in out.iterdir()) == [
         "fall",
         "grid.png",
@@ -215,7 +221,8 @@ def test_same_images_whatever_the_batch_size_or_class_subset(sample_src, batch8,
 def test_guidance_1_is_the_conditional_model_and_0_the_unconditional(sample_src, tmp_path):
     from latent_diffusion.diffusion import generators_from_seeds, sample
     from latent_diffusion.lit.export import load_export
-    from latent_diffusion.sampling import generate, image_seed
+    from latent_diffusion.pipeline import image_seed
+    from latent_diffusion.sampling import generate
     from latent_diffusion.utils.pixels import to_uint8
 
     exp = load_export(sample_src)
@@ -272,7 +279,8 @@ def test_a_pixel_space_export_writes_the_clamped_sampler_output(sample_src):
     # vae = None (a vae=none run): the sampler's output IS the image, clamped to [-1, 1]
     from latent_diffusion.diffusion import generators_from_seeds, sample
     from latent_diffusion.lit.export import load_export
-    from latent_diffusion.sampling import generate, image_seed
+    from latent_diffusion.pipeline import image_seed
+    from latent_diffusion.sampling import generate
 
     exp = load_export(sample_src, load_vae=False)
     got = generate(exp, [(2, 0), (2, 1)], "dpmpp", 3, 1.0, seed=0, batch_size=2)
@@ -537,3 +545,77 @@ def test_sample_defaults_are_the_pipelines():
 
     cfg = _cfg("r", "o")
     assert (cfg.sampler, cfg.guidance, cfg.steps) == (DEFAULT_SAMPLER, DEFAULT_GUIDANCE, None)
+
+
+# ------------------------------------------------------------------ inference switches
+@pytest.mark.parametrize(
+    "flags, asked, chosen, note",
+    [
+        ((), "auto", "fp32", "no AVX512-BF16 / AMX"),
+        ((), "bf16", "fp32", "emulated bf16 is slower than fp32"),
+        (("amx_bf16",), "auto", "bf16", "amx_bf16"),
+        (("avx512_bf16",), "bf16", "bf16", None),
+        (("amx_bf16",), "fp32", "fp32", None),
+    ],
+)
+def test_precision_follows_the_cpus_bf16_units(monkeypatch, flags, asked, chosen, note):
+    from latent_diffusion import inference
+
+    monkeypatch.setattr(inference, "cpu_bf16_flags", lambda: flags)
+    got, why = inference.resolve_precision(asked, torch.device("cpu"))
+    assert got == chosen
+    assert (why is None) if note is None else (note in why)
+    with pytest.raises(UserError, match="precision='fp16': use one of auto, fp32, bf16"):
+        inference.resolve_precision("fp16", torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_inference_switches_keep_the_images(sample_src, monkeypatch):
+    """channels_last changes the memory layout only; bf16 autocast (forced on as if the CPU
+    had AMX) really runs the denoiser in bf16 and moves the images by its rounding only. The
+    pipeline's outputs are ordinary tensors although sampling ran in inference mode."""
+    from latent_diffusion import inference
+    from latent_diffusion.pipeline import LatentDiffusionPipeline
+
+    kw = {"num_inference_steps": 3, "sampler": "dpmpp", "guidance_scale": 2.0, "seed": 4}
+    labels = ["walk", "fall", "box"]
+    base = LatentDiffusionPipeline.from_pretrained(sample_src)
+    ref = base(labels, output_type="pt", **kw)
+    assert not ref.images.is_inference()
+    ref.images.mul_(2)  # an in-place update, refused on an inference tensor
+    assert ref.timings["denoise"] > 0 and ref.timings["decode"] > 0
+    ref = base(labels, output_type="uint8", **kw).images.astype(int)
+
+    nhwc = LatentDiffusionPipeline.from_pretrained(sample_src)
+    applied = nhwc.optimize_for_inference(precision="fp32", channels_last=True)
+    assert applied["channels_last"] and nhwc.denoiser.unet.conv_in.weight.is_contiguous(
+        memory_format=torch.channels_last
+    )
+    _same_up_to_rounding(nhwc(labels, output_type="uint8", **kw).images, ref.astype(np.uint8))
+
+    monkeypatch.setattr(inference, "cpu_bf16_flags", lambda: ("amx_bf16",))
+    bf16 = LatentDiffusionPipeline.from_pretrained(sample_src)
+    assert bf16.optimize_for_inference()["precision"] == "bf16"
+    dtypes = []
+    bf16.denoiser.unet.conv_out.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    got = bf16(labels, output_type="uint8", **kw).images.astype(int)
+    assert set(dtypes) == {torch.bfloat16}
+    diff = np.abs(got - ref)
+    assert 0 < diff.mean() < 2.0, diff.mean()  # bf16 rounding, not other images
+
+
+def test_a_failing_writer_leaves_no_folder(monkeypatch, tmp_path):
+    """A PNG the writer thread cannot write fails the run in the caller, and neither the
+    output folder nor its temporary folder is left behind."""
+    from latent_diffusion import sample_writer
+
+    def broken(img):
+        raise OSError("disk quota exceeded")
+
+    monkeypatch.setattr(sample_writer, "png_bytes", broken)
+    images = np.zeros((2, 8, 8, 1), np.uint8)
+    with pytest.raises(OSError, match="disk quota"):
+        with sample_writer.SampleWriter(tmp_path / "out", ["walk", "run"], [0, 1]) as w:
+            w.add(images, [(0, 0), (1, 0)])
+            w.finish({"seed": 0}, 0)
+    assert list(tmp_path.iterdir()) == []

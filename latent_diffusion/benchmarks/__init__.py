@@ -7,12 +7,23 @@ training.py  train throughput (latent/pixel, cached/online, bf16), Lightning vs 
 data.py      simulator, DataLoader vs training step, VAE encode/decode
 resolution.py  the 128x128 -> 4x32x32 path vs 64x64 -> 4x16x16: train, sample, decode
 sampling.py  samplers with and without guidance, the cost of one guided forward
+inference.py the sampling switches (channels_last, compile, bf16) and the time per stage
 gpu.py       GPU switches (CUDA only) and torch.profiler top items
 report.py    headline ratios against their targets, Markdown
 """
 
 # The part names, importable without torch (the entry point checks `parts` before the
 # heavy imports); runner.PARTS maps each to its function.
-PART_NAMES = ("train", "batch", "data", "vae", "sample", "resolution", "gpu_switches", "profile")
+PART_NAMES = (
+    "train",
+    "batch",
+    "data",
+    "vae",
+    "sample",
+    "inference",
+    "resolution",
+    "gpu_switches",
+    "profile",
+)
 
 __all__ = ["PART_NAMES"]

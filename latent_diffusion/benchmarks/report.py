@@ -193,6 +193,22 @@ def to_markdown(result: dict) -> str:
             "ratios (time): " + ", ".join(f"{k} = {_f(v, 3)}" for k, v in g["ratios"].items()),
             "",
         ]
+    if "inference" in parts:
+        r = parts["inference"]
+        L += ["## Sampling switches (`sample precision= channels_last= compile=`)", ""]
+        L += _variants(
+            f"model={r['model']}, {r['n_images']} images, guided DPM-Solver++-20 "
+            f"(w={r['guidance']}) + VAE decode, latent {r['latent_shape']}",
+            r["variants"],
+            "images_per_s",
+        )
+        L += ["ratios: " + ", ".join(f"{k} = {_f(v)}" for k, v in r["ratios"].items())]
+        L += [f"not run: {k}: {why}" for k, why in r["skipped"].items()]
+        L += [
+            "ms per image (fp32): "
+            + ", ".join(f"{k} {_f(v)}" for k, v in r["per_image_ms_fp32"].items()),
+            "",
+        ]
     if "resolution" in parts:
         r = parts["resolution"]
         L += ["## 128x128 vs 64x64", ""]

@@ -15,6 +15,7 @@ from latent_diffusion.benchmarks import (
     PART_NAMES,
     data,
     gpu,
+    inference,
     resolution,
     sampling,
     setup,
@@ -35,6 +36,7 @@ PARTS = {
     "sample": lambda cfg, device, vae, pool: sampling.run_sample(
         cfg, device, vae, pool[0].shape[-1]
     ),
+    "inference": inference.run_inference,
     "resolution": resolution.run_resolution,
     "gpu_switches": gpu.run_gpu_switches,
     "profile": gpu.run_profile,

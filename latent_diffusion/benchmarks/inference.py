@@ -1,0 +1,84 @@
+"""The sampling switches of `sample` / `optimize_for_inference`, side by side, and where the
+time of one image goes (denoise, decode, PNG write).
+
+Variants, alternated in one process, each the whole pipeline call (guided
+DPM-Solver++-20 + VAE decode of `inference.n_images`): fp32 (the default), channels_last,
+torch.compile (`inference.compile`; its compile time is paid in the warm-up rounds),
+and bf16 autocast where the device has bf16 arithmetic (elsewhere the part says why it
+did not run it: emulated bf16 is several times slower). The stage split comes from the
+pipeline's own clocks and from the sample writer's thread over the fp32 variant's images.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from latent_diffusion.benchmarks import setup
+from latent_diffusion.benchmarks.timing import alternate, rate, ratio
+from latent_diffusion.diffusion import create_diffusion
+from latent_diffusion.inference import bf16_supported, resolve_precision
+from latent_diffusion.pipeline import LatentDiffusionPipeline
+from latent_diffusion.sample_writer import SampleWriter
+
+
+def run_inference(cfg, device, vae, pool) -> dict:
+    c = cfg.inference
+    size, n, w = c.model, int(c.n_images), float(cfg.sample.guidance)
+    shape = vae.latent_shape(pool[0].shape[-1])
+    labels = [i % setup.NUM_CLASSES for i in range(n)]
+
+    def pipeline(**switches):
+        den = setup.make_denoiser(size, shape).to(device).eval()
+        pipe = LatentDiffusionPipeline(den, create_diffusion(), list(setup.CLASSES), shape, vae)
+        pipe.optimize_for_inference(**switches)
+        return pipe
+
+    pipes = {"fp32": pipeline(precision="fp32")}
+    pipes["channels_last"] = pipeline(precision="fp32", channels_last=True)
+    if c.compile:
+        pipes["compile"] = pipeline(precision="fp32", compile=True)
+    skipped = {}
+    if bf16_supported(device):
+        pipes["bf16"] = pipeline(precision="bf16")
+    else:
+        skipped["bf16"] = resolve_precision("bf16", device)[1]
+
+    stages = {}
+
+    def call(name):
+        def run():
+            out = pipes[name](
+                labels, num_inference_steps=20, guidance_scale=w, sampler="dpmpp",
+                batch_size=n, output_type="uint8",
+            )  # fmt: skip
+            stages.setdefault(name, []).append(out.timings)
+            stages[name + "_images"] = out.images
+
+        return run
+
+    res = alternate({k: call(k) for k in pipes}, cfg.repeats, max(1, cfg.warmup), device)
+    for r in res.values():
+        r["images_per_s"] = rate(r["median_s"], n)
+    images = stages["fp32_images"]
+    with tempfile.TemporaryDirectory() as tmp:
+        with SampleWriter(Path(tmp) / "s", list(setup.CLASSES), sorted(set(labels))) as writer:
+            writer.add(images, [(c_, k) for k, c_ in enumerate(labels)])
+            writer.finish({"seed": 0}, 0)
+    last = stages["fp32"][-1]
+    per_image_ms = {
+        "denoise": 1000 * last["denoise"] / n,
+        "decode": 1000 * last["decode"] / n,
+        "write_png": 1000 * writer.write_s / n,
+    }
+    ips = {k: r["images_per_s"] for k, r in res.items()}
+    return {
+        "model": size,
+        "n_images": n,
+        "guidance": w,
+        "latent_shape": list(shape),
+        "variants": res,
+        "skipped": skipped,
+        "ratios": {f"{k}_over_fp32": ratio(v, ips["fp32"]) for k, v in ips.items() if k != "fp32"},
+        "per_image_ms_fp32": {k: round(v, 3) for k, v in per_image_ms.items()},
+    }
