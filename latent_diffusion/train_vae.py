@@ -84,9 +84,20 @@ def train_vae(cfg: DictConfig) -> Path:
                 "training": timing,
                 "vae": OmegaConf.to_container(cfg.vae, resolve=True),
             },
+            dynamic_range_db=dynamic_range_db(datamodule, cfg.data),
         )
     trainer.strategy.barrier()  # the other ranks wait for rank 0's export
     return out_dir
+
+
+def dynamic_range_db(datamodule, data_cfg) -> float:
+    """The dB span of the pixels (for the speckle statistic): the simulator's or the raw
+    reader's radar settings, else data.dynamic_range_db, else 45 dB (the simulator's)."""
+    radar = getattr(datamodule, "radar", None)
+    for v in (getattr(radar, "dynamic_range_db", None), data_cfg.get("dynamic_range_db")):
+        if v is not None:
+            return float(v)
+    return 45.0
 
 
 def train_vae_for(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None) -> Path:

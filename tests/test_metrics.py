@@ -314,3 +314,55 @@ def test_vae_ceiling_vae_from_a_run_export(tmp_path):
     assert y.shape == x.shape and torch.equal(y, vae_roundtrip(vae, x))
     assert torch.equal(y, torch.round((y + 1) * 127.5) / 127.5 - 1)  # on the 8-bit grid
     assert load_vae(OmegaConf.create({"vae_path": None, "run": None})) is None
+
+
+# ------------------------------------------------------------------ background texture
+def _speckle_image(n_looks: int, seed: int = 0, n: int = 6, size: int = 64) -> np.ndarray:
+    """Gamma(L) speckle (contrast 1/sqrt(L)) at -20 dB of full scale, a zero-Doppler line
+    30 dB up and a sinusoidal envelope 20 dB up, mapped to [0, 1] over 45 dB and 8 bits."""
+    rng = np.random.default_rng(seed)
+    p = rng.gamma(n_looks, 1.0 / n_looks, size=(n, size, size)) * 1e-2
+    p[:, size // 2 - 1 : size // 2 + 2, :] *= 1e3
+    cols = np.arange(size)
+    rows = (size // 2 - 12 * np.sin(cols / 5.0)).astype(int)
+    for c, r in zip(cols, rows, strict=True):
+        p[:, r - 1 : r + 2, c] *= 1e2
+    u = np.clip((10 * np.log10(p) + 45.0) / 45.0, 0, 1)
+    return np.round(u * 255) / 255
+
+
+@pytest.mark.parametrize("looks", [1, 4])
+def test_speckle_contrast_recovers_the_known_value(looks):
+    """Fully developed speckle (exponential power, contrast 1) and 4-look speckle (0.5),
+    with bright structure the signal mask must leave out, in 8-bit pixels."""
+    from latent_diffusion.metrics.texture import signal_free_mask, speckle_contrast
+
+    u = _speckle_image(looks)
+    got = speckle_contrast(u, dynamic_range_db=45.0)
+    assert np.all(np.abs(got - 1 / np.sqrt(looks)) < 0.06), got
+    mask = signal_free_mask(u, 45.0)
+    assert not mask[:, 30:35, :].any()  # the zero-Doppler line and its guard cells
+    assert 0.3 < mask.mean() < 0.9
+
+
+def test_speckle_contrast_falls_when_the_background_is_smoothed():
+    """A 3x3 average of the linear power (what a blurring VAE does) divides the contrast of
+    exponential speckle by about 3; the summary's ratio says so."""
+    from scipy import ndimage
+
+    from latent_diffusion.metrics.texture import contrast_summary, linear_power
+
+    u = _speckle_image(1, seed=1)
+    p = ndimage.uniform_filter(linear_power(u, 45.0), size=(1, 3, 3))
+    smooth = np.clip((10 * np.log10(p) + 45.0) / 45.0, 0, 1)
+    s = contrast_summary(u, smooth, dynamic_range_db=45.0)
+    assert s["speckle_contrast_original"] == pytest.approx(1.0, abs=0.06)
+    assert 0.25 < s["speckle_contrast_ratio"] < 0.5, s
+    assert s["speckle_images"] == len(u)
+
+
+def test_speckle_contrast_is_nan_without_background():
+    from latent_diffusion.metrics.texture import speckle_contrast
+
+    clipped = np.zeros((2, 64, 64))  # everything at the dB mapping's floor
+    assert np.isnan(speckle_contrast(clipped)).all()

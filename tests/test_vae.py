@@ -265,11 +265,21 @@ def test_train_vae_cli_writes_the_export(trained_export):
     mean_img = val.mean(0, keepdim=True).expand_as(val)
     psnr_mean = float(peak_signal_noise_ratio(to_unit(mean_img), to_unit(val), data_range=1.0))
     assert m["psnr"] > psnr_mean and 0 < m["ssim"] < 1 and 0 < m["ssim_bicubic_baseline"] < 1
-    # reconstructions.png: originals (one per class) above their reconstructions, x3 nearest
+    # the speckle contrast of the background, recomputed from the same two sets
+    from latent_diffusion.metrics.texture import speckle_contrast
+
+    for key, img in (("original", val), ("reconstruction", xr)):
+        want = np.nanmedian(speckle_contrast(to_unit(img)[:, 0].numpy(), 45.0))
+        assert m[f"speckle_contrast_{key}"] == pytest.approx(want, abs=1e-3), key
+    assert m["speckle_contrast_ratio"] == pytest.approx(
+        m["speckle_contrast_reconstruction"] / m["speckle_contrast_original"], abs=1e-3
+    )
+    # reconstructions.png: originals (one per class), their reconstructions and the
+    # difference x4, x3 nearest
     from PIL import Image
 
-    png = np.asarray(Image.open(out / "reconstructions.png"))[::3, ::3]  # (2*66-2, 8*66-2)
-    assert png.shape == (130, 526)
+    png = np.asarray(Image.open(out / "reconstructions.png"))[::3, ::3]  # (3*66-2, 8*66-2)
+    assert png.shape == (196, 526)
     from latent_diffusion.vae.export import one_per_class
 
     firsts = one_per_class(dm.dataset("val"))  # (8, 1, 64, 64), the first of each class
@@ -277,8 +287,11 @@ def test_train_vae_cli_writes_the_export(trained_export):
     bottom = (to_unit(vae.decode(vae.encode(firsts, sample=False))[:, 0]) * 255).round()
     for i in range(8):
         np.testing.assert_array_equal(png[:64, 66 * i : 66 * i + 64], top[i])
-        diff = np.abs(png[66:, 66 * i : 66 * i + 64].astype(int) - bottom[i].numpy())
+        diff = np.abs(png[66:130, 66 * i : 66 * i + 64].astype(int) - bottom[i].numpy())
         assert diff.max() <= 1
+        # the difference row: |original - reconstruction| x 4 of full scale, black = equal
+        want = np.clip(np.abs(top[i].astype(int) - bottom[i].numpy()) * 4, 0, 255)
+        assert np.abs(png[132:, 66 * i : 66 * i + 64].astype(int) - want).max() <= 5
 
 
 @pytest.mark.slow

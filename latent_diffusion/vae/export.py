@@ -3,8 +3,10 @@
 Layout of `<out_dir>/`:
   config.json, diffusion_pytorch_model.safetensors   AutoencoderKL.save_pretrained
   latent_stats.json   shift / scale over >= 2000 training latents, weights hash, data fingerprint
-  reconstructions.png top row validation originals (one per class), bottom row reconstructions
-  metrics.json        val PSNR / SSIM of the VAE and of the bicubic thumbnail baseline
+  reconstructions.png validation originals (one per class), their reconstructions, and
+                      |original - reconstruction| x 4 (black = equal)
+  metrics.json        val PSNR / SSIM of the VAE and of the bicubic thumbnail baseline, the
+                      background speckle contrast of originals and reconstructions
 
 Everything is written into a temporary folder beside `out_dir` and renamed into
 place (utils.io.atomic_dir), so a killed run never leaves an export without its
@@ -52,9 +54,24 @@ def one_per_class(dataset: Dataset, n: int = 8) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in idx])
 
 
+# reconstructions.png's difference row: |x - x^| x 4, so 1/8 of full scale is half grey
+DIFF_GAIN = 4.0
+
+
+def difference_row(x: torch.Tensor, xr: torch.Tensor) -> torch.Tensor:
+    """|x - xr| x DIFF_GAIN as images in [-1, 1] (-1 = no difference), (N, C, H, W)."""
+    d = (to_unit(x) - to_unit(xr)).abs() * DIFF_GAIN  # (N, C, H, W) in [0, 1] of full scale
+    return d.clamp(0, 1) * 2 - 1
+
+
 @torch.no_grad()
-def reconstruction_metrics(vae: FrozenVAE, dataset: Dataset, batch_size: int = 64) -> dict:
-    """PSNR / SSIM ([0, 1] images) of posterior-mean reconstructions and of the bicubic baseline."""
+def reconstruction_metrics(
+    vae: FrozenVAE, dataset: Dataset, batch_size: int = 64, dynamic_range_db: float = 45.0
+) -> dict:
+    """PSNR / SSIM ([0, 1] images) of posterior-mean reconstructions and of the bicubic
+    baseline; the background speckle contrast (metrics/texture.py) of both sets."""
+    from latent_diffusion.metrics.texture import contrast_summary
+
     xs, recs, bases = [], [], []
     c, h, w = vae.latent_shape(dataset[0][0].shape[-1])
     for x, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
@@ -71,6 +88,10 @@ def reconstruction_metrics(vae: FrozenVAE, dataset: Dataset, batch_size: int = 6
         "psnr_bicubic_baseline": float(peak_signal_noise_ratio(b, x, data_range=1.0)),
         "ssim_bicubic_baseline": float(structural_similarity_index_measure(b, x, data_range=1.0)),
         "baseline": f"area-down-sample to {thumb}^2 + bicubic up",
+        **contrast_summary(
+            x[:, 0].cpu().numpy(), r[:, 0].cpu().numpy(), dynamic_range_db=dynamic_range_db
+        ),
+        "speckle_dynamic_range_db": float(dynamic_range_db),
     }
 
 
@@ -85,6 +106,7 @@ def export_vae(
     per_channel: bool = True,
     min_latents: int = 2000,
     extra_metrics: dict | None = None,
+    dynamic_range_db: float = 45.0,
 ) -> Path:
     """Write the export folder and return its path (see the module doc for the layout)."""
     out_dir = Path(out_dir)
@@ -105,12 +127,16 @@ def export_vae(
         if val_dataset is not None and len(val_dataset) > 0:
             x = one_per_class(val_dataset).to(vae.device)  # (8, C, H, W)
             xr = vae.decode(vae.encode(x, sample=False))
-            atomic_write_bytes(tmp / "reconstructions.png", grid_png([x, xr]))
-            metrics["val"] = reconstruction_metrics(vae, val_dataset)
+            atomic_write_bytes(
+                tmp / "reconstructions.png", grid_png([x, xr, difference_row(x, xr)])
+            )
+            metrics["val"] = reconstruction_metrics(
+                vae, val_dataset, dynamic_range_db=dynamic_range_db
+            )
             log.info("VAE export: val %s", metrics["val"])
         atomic_write_json(tmp / "metrics.json", metrics)
     log.info("exported the VAE to %s", out_dir)
     return out_dir
 
 
-__all__ = ["export_vae", "one_per_class", "reconstruction_metrics"]
+__all__ = ["difference_row", "export_vae", "one_per_class", "reconstruction_metrics"]
