@@ -86,8 +86,28 @@ def train_vae(cfg: DictConfig) -> Path:
             },
             dynamic_range_db=dynamic_range_db(datamodule, cfg.data),
         )
+        report = cfg.get("report") or {}
+        if report.get("domain_fid"):
+            add_ceiling_report(out_dir, datamodule, report)
     trainer.strategy.barrier()  # the other ranks wait for rank 0's export
     return out_dir
+
+
+def add_ceiling_report(out_dir: Path, datamodule, report) -> None:
+    """metrics.json["domain_fid"]: the VAE ceiling against real vs real (metrics/vae_ceiling.py),
+    with evaluate's domain classifier (its config in conf/evaluate.yaml, its cache)."""
+    import json
+
+    from latent_diffusion.metrics.vae_ceiling import vae_ceiling_fid
+    from latent_diffusion.utils.io import atomic_write_json
+    from latent_diffusion.vae.interface import FrozenVAE
+
+    clf = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "evaluate.yaml").classifier)
+    clf.update(OmegaConf.to_container(report.get("classifier") or OmegaConf.create({})))
+    vae = FrozenVAE.load(out_dir, datamodule.channels)
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    metrics["domain_fid"] = vae_ceiling_fid(vae, datamodule, clf, report.get("cache_dir"))
+    atomic_write_json(out_dir / "metrics.json", metrics)
 
 
 def dynamic_range_db(datamodule, data_cfg) -> float:
@@ -122,6 +142,10 @@ def train_vae_for(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | N
         vcfg.vae = cfg.vae
         vcfg.out_dir = str(out_dir)
         vcfg.seed = cfg.get("seed", vcfg.seed)
+        # a VAE trained on the way to a diffusion run: its ceiling FID is in that run's
+        # `evaluate run=...` report, so the domain classifier is not trained twice here
+        vcfg.report.domain_fid = False
+    log.info("VAE ceiling FID: reported by `evaluate run=<this run>`, not at VAE export")
     return train_vae(vcfg)
 
 

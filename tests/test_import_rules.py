@@ -20,7 +20,9 @@ OURS = (
     "metrics",
     "benchmarks",
     "pipeline",
+    "inference",
     "sampling",
+    "sample_writer",
     "validation",
     "inspect",
     "train",
@@ -73,6 +75,16 @@ FORBIDDEN = {
         )
     ),
     "pipeline.py": (
+        "lightning",
+        "pytorch_lightning",
+        "hydra",
+        "latent_diffusion.lit",
+        "latent_diffusion.data",
+        "latent_diffusion.sampling",
+        "latent_diffusion.metrics",
+    ),
+    # the pipeline's speed switches: loaded with it, so under the same rule
+    "inference.py": (
         "lightning",
         "pytorch_lightning",
         "hydra",

@@ -208,6 +208,8 @@ def trained_export(tmp_path_factory):
         f"paths.runs_dir={tmp / 'runs'}",
         "run_name=t",
         f"out_dir={tmp / 'vae'}",
+        "+report.classifier.steps=40",
+        f"report.cache_dir={tmp / 'eval_cache'}",
     ]
     proc = subprocess.run(
         [sys.executable, "-m", "latent_diffusion.train_vae", *overrides],
@@ -274,6 +276,18 @@ def test_train_vae_cli_writes_the_export(trained_export):
     assert m["speckle_contrast_ratio"] == pytest.approx(
         m["speckle_contrast_reconstruction"] / m["speckle_contrast_original"], abs=1e-3
     )
+    # the VAE ceiling in the domain classifier's features, beside real vs real, at matched n
+    fid = metrics["domain_fid"]
+    assert fid["overall"]["n"] == 128  # 16 val + test images per class x 8 < 16 train x 8
+    assert fid["overall"]["vae_ceiling"] > 0 and fid["overall"]["real_vs_real"] > 0
+    assert fid["overall"]["ratio"] == pytest.approx(  # of the unrounded FIDs
+        fid["overall"]["vae_ceiling"] / fid["overall"]["real_vs_real"], rel=5e-3
+    )
+    assert set(fid["per_class"]) == set(dm.class_names)
+    assert all(v["n"] == 16 and "vae_ceiling" in v for v in fid["per_class"].values())
+    # a 100-step VAE is a poor one: its reconstructions are further from the real images
+    # than other real images are
+    assert fid["overall"]["ratio"] > 1
     # reconstructions.png: originals (one per class), their reconstructions and the
     # difference x4, x3 nearest
     from PIL import Image

@@ -204,6 +204,8 @@ def to_markdown(result: dict) -> str:
         )
         L += ["ratios: " + ", ".join(f"{k} = {_f(v)}" for k, v in r["ratios"].items())]
         L += [f"not run: {k}: {why}" for k, why in r["skipped"].items()]
+        if r.get("compile_s") is not None:
+            L += [f"torch.compile: the first (compiling) call took {r['compile_s']} s"]
         L += [
             "ms per image (fp32): "
             + ", ".join(f"{k} {_f(v)}" for k, v in r["per_image_ms_fp32"].items()),
