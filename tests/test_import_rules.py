@@ -38,6 +38,17 @@ OURS = (
     "utils",
 )
 
+# the pipeline loads without Lightning, Hydra or the training side (docs/architecture.md)
+PIPELINE_RULE = (
+    "lightning",
+    "pytorch_lightning",
+    "hydra",
+    "latent_diffusion.lit",
+    "latent_diffusion.data",
+    "latent_diffusion.sampling",
+    "latent_diffusion.metrics",
+)
+
 # package -> what it must never import (top-level module names, or latent_diffusion.<part>)
 FORBIDDEN = {
     "diffusion": FRAMEWORKS
@@ -74,25 +85,9 @@ FORBIDDEN = {
             "benchmarks",
         )
     ),
-    "pipeline.py": (
-        "lightning",
-        "pytorch_lightning",
-        "hydra",
-        "latent_diffusion.lit",
-        "latent_diffusion.data",
-        "latent_diffusion.sampling",
-        "latent_diffusion.metrics",
-    ),
+    "pipeline.py": PIPELINE_RULE,
     # the pipeline's speed switches: loaded with it, so under the same rule
-    "inference.py": (
-        "lightning",
-        "pytorch_lightning",
-        "hydra",
-        "latent_diffusion.lit",
-        "latent_diffusion.data",
-        "latent_diffusion.sampling",
-        "latent_diffusion.metrics",
-    ),
+    "inference.py": PIPELINE_RULE,
 }
 
 

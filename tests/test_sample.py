@@ -619,3 +619,30 @@ def test_a_failing_writer_leaves_no_folder(monkeypatch, tmp_path):
             w.add(images, [(0, 0), (1, 0)])
             w.finish({"seed": 0}, 0)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_writer_thread_writes_while_the_caller_goes_on(monkeypatch, tmp_path):
+    """add() returns while its PNGs are still being written, on the writer thread (so the
+    next batch can sample meanwhile); finish() waits for them and the folder is complete."""
+    import threading
+
+    from latent_diffusion import sample_writer
+
+    release, threads = threading.Event(), []
+    real = sample_writer.png_bytes
+
+    def slow(img):
+        threads.append(threading.current_thread().name)
+        assert release.wait(10)  # held until the caller has gone on
+        return real(img)
+
+    monkeypatch.setattr(sample_writer, "png_bytes", slow)
+    images = np.zeros((2, 8, 8, 1), np.uint8)
+    with sample_writer.SampleWriter(tmp_path / "out", ["walk", "run"], [0, 1]) as w:
+        w.add(images, [(0, 0), (1, 0)])  # would block here if written in the caller
+        assert not (w.tmp / "walk" / "walk_00000.png").exists()
+        release.set()
+        meta = w.finish({"seed": 0}, 0)
+    assert set(threads) == {t for t in threads if t.startswith("sample-writer")} and threads
+    assert sorted(f["file"] for f in meta["files"]) == ["run/run_00000.png", "walk/walk_00000.png"]
+    assert (tmp_path / "out" / "walk" / "walk_00000.png").is_file()

@@ -54,31 +54,28 @@ def run_inference(cfg, device, vae, pool) -> dict:
     else:
         skipped["bf16"] = resolve_precision("bf16", device)[1]
 
-    stages = {}
+    last = {}  # variant -> its latest output (timings per stage, images)
 
     def call(name):
         def run():
-            out = pipes[name](
+            last[name] = pipes[name](
                 labels, num_inference_steps=20, guidance_scale=w, sampler="dpmpp",
                 batch_size=n, output_type="uint8",
             )  # fmt: skip
-            stages.setdefault(name, []).append(out.timings)
-            stages[name + "_images"] = out.images
 
         return run
 
     res = alternate({k: call(k) for k in pipes}, cfg.repeats, max(1, cfg.warmup), device)
     for r in res.values():
         r["images_per_s"] = rate(r["median_s"], n)
-    images = stages["fp32_images"]
+    fp32 = last["fp32"]
     with tempfile.TemporaryDirectory() as tmp:
         with SampleWriter(Path(tmp) / "s", list(setup.CLASSES), sorted(set(labels))) as writer:
-            writer.add(images, [(c_, k) for k, c_ in enumerate(labels)])
+            writer.add(fp32.images, [(c_, k) for k, c_ in enumerate(labels)])
             writer.finish({"seed": 0}, 0)
-    last = stages["fp32"][-1]
     per_image_ms = {
-        "denoise": 1000 * last["denoise"] / n,
-        "decode": 1000 * last["decode"] / n,
+        "denoise": 1000 * fp32.timings["denoise"] / n,
+        "decode": 1000 * fp32.timings["decode"] / n,
         "write_png": 1000 * writer.write_s / n,
     }
     ips = {k: r["images_per_s"] for k, r in res.items()}

@@ -87,6 +87,10 @@ def _variants(title: str, variants: dict, unit: str, extra_cols=()) -> list[str]
     return lines + [""]
 
 
+def _ratio_line(ratios: dict, nd: int = 2, label: str = "ratios") -> str:
+    return f"{label}: " + ", ".join(f"{k} = {_f(v, nd)}" for k, v in ratios.items())
+
+
 def to_markdown(result: dict) -> str:
     meta, parts = result["meta"], result["parts"]
     L = [
@@ -130,7 +134,7 @@ def to_markdown(result: dict) -> str:
                 m["variants"],
                 "images_per_s",
             )
-            L += ["ratios: " + ", ".join(f"{k} = {_f(v)}" for k, v in m["ratios"].items()), ""]
+            L += [_ratio_line(m["ratios"]), ""]
         lt = t["lightning"]
         L += _variants(
             f"Lightning Trainer vs bare loop (model={lt['model']}, batch {lt['batch_size']}, "
@@ -163,7 +167,7 @@ def to_markdown(result: dict) -> str:
             d["loader"]["variants"],
             "batches_per_s",
         )
-        L += ["ratios: " + ", ".join(f"{k} = {_f(v, 4)}" for k, v in d["ratios"].items()), ""]
+        L += [_ratio_line(d["ratios"], 4), ""]
     if "vae" in parts:
         v = parts["vae"]
         L += ["## VAE", ""]
@@ -182,17 +186,14 @@ def to_markdown(result: dict) -> str:
             s["variants"],
             "images_per_s",
         )
-        L += ["ratios: " + ", ".join(f"{k} = {_f(v, 3)}" for k, v in s["ratios"].items()), ""]
+        L += [_ratio_line(s["ratios"], 3), ""]
         g = s["guidance_forward"]
         L += _variants(
             f"one denoiser call, batch {g['batch']} ({g['calls_per_repeat']} calls per repeat)",
             g["variants"],
             "images_per_s",
         )
-        L += [
-            "ratios (time): " + ", ".join(f"{k} = {_f(v, 3)}" for k, v in g["ratios"].items()),
-            "",
-        ]
+        L += [_ratio_line(g["ratios"], 3, "ratios (time)"), ""]
     if "inference" in parts:
         r = parts["inference"]
         L += ["## Sampling switches (`sample precision= channels_last= compile=`)", ""]
@@ -202,7 +203,7 @@ def to_markdown(result: dict) -> str:
             r["variants"],
             "images_per_s",
         )
-        L += ["ratios: " + ", ".join(f"{k} = {_f(v)}" for k, v in r["ratios"].items())]
+        L += [_ratio_line(r["ratios"])]
         L += [f"not run: {k}: {why}" for k, why in r["skipped"].items()]
         if r.get("compile_s") is not None:
             L += [f"torch.compile: the first (compiling) call took {r['compile_s']} s"]
@@ -223,7 +224,7 @@ def to_markdown(result: dict) -> str:
             r["variants"],
             "images_per_s",
         )
-        L += ["ratios: " + ", ".join(f"{k} = {_f(v)}" for k, v in r["ratios"].items()), ""]
+        L += [_ratio_line(r["ratios"]), ""]
     if "gpu_switches" in parts:
         gs = parts["gpu_switches"]
         L += ["## GPU switches", ""]
@@ -235,11 +236,7 @@ def to_markdown(result: dict) -> str:
                 gs["variants"],
                 "images_per_s",
             )
-            L += [
-                "speed-up over fp32: "
-                + ", ".join(f"{k} = {_f(v)}" for k, v in gs["speedup_over_fp32"].items()),
-                "",
-            ]
+            L += [_ratio_line(gs["speedup_over_fp32"], 2, "speed-up over fp32"), ""]
             L += _variants("cached-latent DataLoader, one epoch", gs["loaders"], "images_per_s")
     if "profile" in parts:
         p = parts["profile"]

@@ -35,8 +35,8 @@ def model_overrides_128() -> dict:
 def run_resolution(cfg, device, vae, pool) -> dict:
     size, B, steps = cfg.resolution.model, int(cfg.batch_size), int(cfg.resolution.steps)
     n, w = int(cfg.resolution.n_images), float(cfg.sample.guidance)
-    variants, shapes, params = {}, {}, {}
-    for side, extra in ((64, {}), (128, model_overrides_128())):
+    variants, shapes, params, overrides = {}, {}, {}, model_overrides_128()
+    for side, extra in ((64, {}), (128, overrides)):
         shape = vae.latent_shape(side)
         x, y = pool if pool[0].shape[-1] == side else setup.simulated_pixels(len(pool[0]), side)
         cached = setup.cached_batch(vae, setup.pixel_batch(x, y, B, device))
@@ -72,7 +72,7 @@ def run_resolution(cfg, device, vae, pool) -> dict:
     ips = {k: r["images_per_s"] for k, r in res.items()}
     return {
         "model": size,
-        "model_128_overrides": model_overrides_128(),
+        "model_128_overrides": overrides,
         "batch_size": B,
         "steps_per_repeat": steps,
         "n_images": n,
