@@ -21,7 +21,10 @@ processes, or which of the four callers asked. Index k is the image's position
 among the images of class c in the call (`indices=` names it explicitly).
 
 One sampler table: `diffusion.samplers.DEFAULT_STEPS` (ddpm: all T, ddim: 50,
-dpmpp: 20); `num_inference_steps=None` takes it.
+dpmpp: 20); `num_inference_steps=None` takes it. A distilled consistency student
+(`python -m latent_diffusion.distill`) is an export with a `distilled` record: it samples
+with `lcm` only, in its own default K, and takes the guidance w as an input (one forward
+per step); `sampler_for` keeps teacher samplers and the student apart.
 
 Why a plain class with diffusers' `from_pretrained` / `save_pretrained` / `__call__`
 contract and not a `diffusers.DiffusionPipeline` subclass: DiffusionPipeline
@@ -37,7 +40,8 @@ scheduler it is not. The denoiser inside is still a diffusers model
 Export folder (= pipeline folder), written atomically by `save_pretrained`:
   denoiser/     EMA weights of the UNet / DiT (diffusers save_pretrained, safetensors)
   export.json   class names, latent shape, model + diffusion config, VAE reference
-                (path, weights hash, latent stats), training step
+                (path, weights hash, latent stats), training step; a student's
+                `distilled` record (method, grid, K, range of w, teacher)
   config.yaml   the run's resolved Hydra config (written by the training run)
 Loading needs neither Lightning nor Hydra, and runs no pickled code.
 """
@@ -97,10 +101,50 @@ def indices_within_class(labels: Sequence[int]) -> list[int]:
 
 
 # ------------------------------------------------------------------ argument checks
-def check_sampling_args(sampler: str, steps, guidance, eta, num_timesteps: int) -> int | None:
-    """UserErrors for a sampler setting out of range; returns the step count (None = all T)."""
+def sampler_for(sampler: str | None, distilled: dict | None = None) -> str:
+    """The sampler to use: None -> the export's own (lcm for a distilled student, else
+    DEFAULT_SAMPLER). A teacher sampler on a student, or lcm on a teacher, is refused: the
+    student's weights are a consistency function, not a noise predictor, and vice versa."""
+    if sampler in (None, ""):
+        return "lcm" if distilled else DEFAULT_SAMPLER
+    sampler = str(sampler)
+    if distilled and sampler != "lcm":
+        raise UserError(
+            f"sampler={sampler}: this export is a distilled consistency student; it samples only "
+            f"with sampler=lcm (its default, in {distilled.get('default_steps')} steps). For "
+            f"{sampler}, sample its teacher: run={distilled.get('teacher', {}).get('export')}"
+        )
+    if sampler == "lcm" and not distilled:
+        raise UserError(
+            "sampler=lcm samples a distilled consistency student, and this export is a trained "
+            "run (a teacher); distil it first (python -m latent_diffusion.distill run=<this run>) "
+            f"or use one of {', '.join(k for k in DEFAULT_STEPS if k != 'lcm')}"
+        )
+    return sampler
+
+
+def check_sampling_args(
+    sampler: str, steps, guidance, eta, num_timesteps: int, distilled: dict | None = None
+) -> int | None:
+    """UserErrors for a sampler setting out of range; returns the step count (None = all T).
+    distilled: the export's `distilled` record, for a student (its K and its range of w)."""
     if sampler not in DEFAULT_STEPS:
         raise UserError(f"sampler={sampler!r} is not known; use one of {', '.join(DEFAULT_STEPS)}")
+    sampler_for(sampler, distilled)
+    if distilled:
+        from latent_diffusion.diffusion.consistency import (
+            check_guidance_range,
+            inference_timesteps,
+            skipping_grid,
+        )
+
+        steps = int(distilled["default_steps"]) if steps is None else steps
+        # any K on the student's grid works; the export lists the K its run checked
+        inference_timesteps(skipping_grid(num_timesteps, int(distilled["grid_points"])), steps)
+        check_guidance_range(guidance, distilled["guidance_range"])
+        if eta:
+            raise UserError(f"eta={eta}: only sampler=ddim takes eta; drop it")
+        return steps
     if steps is None:
         steps = DEFAULT_STEPS[sampler]
     if steps is not None:
@@ -190,6 +234,15 @@ def diffusers_model(denoiser):
     raise TypeError(f"{type(denoiser).__name__} holds no diffusers model (.unet or .dit)")
 
 
+def student_model_fn(student, y: torch.Tensor, w: float):
+    """model_fn(x_t, t) of a guidance-distilled student at classes y and guidance w."""
+
+    def fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return student(x_t, t, y.to(x_t.device), w=w)
+
+    return fn
+
+
 # ------------------------------------------------------------------ the pipeline
 @dataclass
 class LatentDiffusionPipelineOutput(BaseOutput):
@@ -233,6 +286,11 @@ class LatentDiffusionPipeline:
     def meta(self) -> dict:
         """export.json as read (the name the run export used before it was a pipeline)."""
         return self.config
+
+    @property
+    def distilled(self) -> dict | None:
+        """The `distilled` record of a consistency student's export (distill.py), else None."""
+        return self.config.get("distilled") or None
 
     @property
     def device(self) -> torch.device:
@@ -339,6 +397,11 @@ class LatentDiffusionPipeline:
             load_classifier,
         )
 
+        if self.distilled:
+            raise UserError(
+                "classifier guidance needs the teacher: this export is a distilled consistency "
+                f"student; load the classifier into {self.distilled['teacher']['export']}"
+            )
         folder = find_classifier(path)
         classifier, meta = load_classifier(folder, "cpu")
         check_fits(meta, self.config, folder, self.path)
@@ -403,7 +466,7 @@ class LatentDiffusionPipeline:
         class_labels,
         num_inference_steps: int | None = None,
         guidance_scale: float = DEFAULT_GUIDANCE,
-        sampler: str = DEFAULT_SAMPLER,
+        sampler: str | None = None,
         seed: int = 0,
         indices: Sequence[int] | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
@@ -420,7 +483,9 @@ class LatentDiffusionPipeline:
         each image's position among the images of its class in this call. generator: diffusers'
         alternative, one generator per image (the seed rule is then not used) or one for all
         (noise then depends on the batch). guidance_scale w: 1 = the conditional model alone,
-        0 = unconditional, > 1 guided (one batched forward of [x; x] per step). eta: DDIM only.
+        0 = unconditional, > 1 guided (one batched forward of [x; x] per step; a distilled
+        student takes w as an input, one forward). sampler None: the export's own (dpmpp, or
+        lcm for a distilled student); num_inference_steps None: its default. eta: DDIM only.
         batch_size: images per forward; the images do not depend on it. on_batch(n): called
         after each batch with its image count (progress bars). classifier_scale s: classifier
         guidance with the classifier of load_classifier, s grad log p(y | x_t) added to the score
@@ -430,8 +495,9 @@ class LatentDiffusionPipeline:
         if output_type not in OUTPUT_TYPES:
             raise UserError(f"output_type={output_type!r}: use one of {', '.join(OUTPUT_TYPES)}")
         labels = self.label_ids(class_labels)
+        sampler = sampler_for(sampler, self.distilled)
         steps = check_sampling_args(
-            sampler, num_inference_steps, guidance_scale, eta, self.num_timesteps
+            sampler, num_inference_steps, guidance_scale, eta, self.num_timesteps, self.distilled
         )
         classifier_scale = check_scale(classifier_scale)
         if classifier_scale > 0 and self.classifier is None:
@@ -476,6 +542,8 @@ class LatentDiffusionPipeline:
 
         device = self.device
         kw = {"eta": float(eta)} if sampler == "ddim" else {}
+        if self.distilled:
+            kw = {"grid_points": int(self.distilled["grid_points"])}
         xs, zs = [], []
         timings = {"denoise": 0.0, "decode": 0.0}
         for start in range(0, len(labels), batch_size):
@@ -494,7 +562,10 @@ class LatentDiffusionPipeline:
             else:
                 gens = list(generator[start : start + batch_size])
             y = torch.tensor(chunk, dtype=torch.long, device=device)  # (B,)
-            fn = cfg_model_fn(self.denoiser, y, self.denoiser.null_class, float(guidance_scale))
+            if self.distilled:  # w is the student's input: one forward per step, no [x; x]
+                fn = student_model_fn(self.denoiser, y, float(guidance_scale))
+            else:
+                fn = cfg_model_fn(self.denoiser, y, self.denoiser.null_class, float(guidance_scale))
             fn = autocast_model_fn(fn, device, self.autocast_dtype)
             # scale 0 passes no hook: the unguided sampler, without the classifier's cost
             cond = (
@@ -561,4 +632,5 @@ __all__ = [
     "image_seed",
     "indices_within_class",
     "read_export_meta",
+    "sampler_for",
 ]

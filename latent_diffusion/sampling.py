@@ -32,6 +32,7 @@ from latent_diffusion.pipeline import (
     IMAGE_SEED_RULE,
     check_sampling_args,
     read_export_meta,
+    sampler_for,
 )
 from latent_diffusion.sample_writer import SampleWriter
 from latent_diffusion.utils.errors import UserError
@@ -80,9 +81,10 @@ def check_args(
     batch_size: int,
     eta: float,
     num_timesteps: int,
+    distilled: dict | None = None,
 ) -> int | None:
     """UserErrors for values out of range; returns the step count to use (None = all T)."""
-    steps = check_sampling_args(sampler, steps, guidance, eta, num_timesteps)
+    steps = check_sampling_args(sampler, steps, guidance, eta, num_timesteps, distilled)
     if not isinstance(n_per_class, int) or n_per_class < 1:
         raise UserError(f"n_per_class={n_per_class!r}: must be an integer >= 1")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -128,6 +130,12 @@ def resolve_classifier(
                 "folder); drop classifier_scale or name the classifier"
             )
         return None, 0.0
+    if meta.get("distilled"):
+        raise UserError(
+            f"classifier={classifier}: run={export_path} is a distilled consistency student, and "
+            "classifier guidance needs the teacher's small steps; sample the teacher "
+            f"(run={meta['distilled']['teacher']['export']}) with the classifier"
+        )
     scale = check_scale(1.0 if classifier_scale is None else classifier_scale)
     folder = find_classifier(classifier)
     check_fits(json.loads((folder / "classifier.json").read_text()), meta, folder, export_path)
@@ -274,9 +282,10 @@ def sample_run(cfg) -> Path | None:
         raise UserError("run is not set: pass run=<training run dir or its export/ dir>")
     export_path, meta = read_export_meta(cfg.run)
     T = int(meta["diffusion"]["timesteps"])
-    sampler = str(cfg.sampler)
+    distilled = meta.get("distilled")
+    sampler = sampler_for(cfg.sampler, distilled)  # null: dpmpp, or lcm for a student
     steps = check_args(
-        sampler, cfg.steps, cfg.guidance, cfg.n_per_class, cfg.batch_size, cfg.eta, T
+        sampler, cfg.steps, cfg.guidance, cfg.n_per_class, cfg.batch_size, cfg.eta, T, distilled
     )
     class_idx = resolve_classes(cfg.classes, list(meta["class_names"]))
     guidance, seed = float(cfg.guidance), int(cfg.seed)
@@ -338,6 +347,7 @@ def sample_run(cfg) -> Path | None:
             "classifier": str(classifier.resolve()) if classifier is not None else None,
             "classifier_scale": cls_scale,
             "eta": float(cfg.eta) if sampler == "ddim" else None,
+            "distilled": distilled,  # the student's method, grid, w range and teacher, or None
             "seed": seed,
             "image_seed": IMAGE_SEED_RULE,
             "class_names": pipe.class_names,  # arr_1 of samples.npz indexes this list

@@ -32,6 +32,12 @@ def adopt_denoiser_run(cfg: DictConfig):
     from latent_diffusion.pipeline import read_export_meta
 
     export, meta = read_export_meta(cfg.denoiser_run)
+    if meta.get("distilled"):
+        raise UserError(
+            f"denoiser_run={cfg.denoiser_run} is a distilled consistency student, which takes no "
+            "classifier guidance; train the classifier for its teacher: "
+            f"denoiser_run={meta['distilled']['teacher']['export']}"
+        )
     if not (export / "config.yaml").is_file():
         raise UserError(
             f"denoiser_run={cfg.denoiser_run}: {export / 'config.yaml'} is missing, so its data "

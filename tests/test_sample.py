@@ -541,10 +541,23 @@ def test_pipeline_arguments_names_generators_and_output_types(sample_src):
 
 def test_sample_defaults_are_the_pipelines():
     """`sample` with no sampler / guidance override samples as pipe(...) with no arguments does."""
-    from latent_diffusion.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER
+    import inspect
+
+    from latent_diffusion.pipeline import DEFAULT_GUIDANCE, LatentDiffusionPipeline
 
     cfg = _cfg("r", "o")
-    assert (cfg.sampler, cfg.guidance, cfg.steps) == (DEFAULT_SAMPLER, DEFAULT_GUIDANCE, None)
+    assert (cfg.sampler, cfg.guidance, cfg.steps) == (None, DEFAULT_GUIDANCE, None)
+    params = inspect.signature(LatentDiffusionPipeline.__call__).parameters
+    assert params["sampler"].default is None and params["num_inference_steps"].default is None
+
+
+def test_no_sampler_means_the_exports_own():
+    """sampler=null: dpmpp for a trained run, lcm for a distilled student."""
+    from latent_diffusion.pipeline import DEFAULT_SAMPLER, sampler_for
+
+    assert sampler_for(None) == DEFAULT_SAMPLER == "dpmpp"
+    assert sampler_for(None, {"default_steps": 4}) == "lcm"
+    assert sampler_for("ddim") == "ddim"
 
 
 # ------------------------------------------------------------------ inference switches

@@ -1,4 +1,5 @@
 """Samplers in latent space: DDPM (ancestral), DDIM, DPM-Solver++(2M); classifier-free guidance.
+LCM's multistep sampler for a distilled student lives in consistency.py and is listed here.
 
 Classifier guidance: every sampler takes `cond_fn(x_t float32, t (B,) model timesteps)
 -> s * grad log p(y | x_t)` (classifier_guidance.py); DDPM shifts its mean by it,
@@ -23,14 +24,16 @@ import numpy as np
 import torch
 
 from latent_diffusion.diffusion.classifier_guidance import CondFn, condition_mean, condition_score
+from latent_diffusion.diffusion.consistency import lcm_sample
 from latent_diffusion.diffusion.gaussian_diffusion import GaussianDiffusion
 from latent_diffusion.diffusion.respace import respaced, respaced_for
 from latent_diffusion.utils.errors import UserError
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # The sampler table's default step counts (None = all T training steps), the one place
-# every caller (pipeline, sample, callbacks, benchmarks) takes them from.
-DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpmpp": 20}
+# every caller (pipeline, sample, callbacks, benchmarks) takes them from. lcm samples a
+# distilled consistency student only (consistency.py); its export may name another default.
+DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpmpp": 20, "lcm": 4}
 
 
 # ----------------------------------------------------------------- noise
@@ -202,7 +205,7 @@ def dpmpp_sample(
     raise AssertionError("unreachable")
 
 
-SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpmpp": dpmpp_sample}
+SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpmpp": dpmpp_sample, "lcm": lcm_sample}
 
 
 def sample(
@@ -215,7 +218,8 @@ def sample(
     device="cpu",
     **kwargs,
 ):
-    """Dispatch by name ('ddpm' | 'ddim' | 'dpmpp'); `steps` None means DEFAULT_STEPS[sampler]."""
+    """Dispatch by name ('ddpm' | 'ddim' | 'dpmpp' | 'lcm'); `steps` None means
+    DEFAULT_STEPS[sampler]."""
     if sampler not in SAMPLERS:
         raise UserError(f"sampler={sampler!r} is not known; use one of {', '.join(SAMPLERS)}.")
     steps = DEFAULT_STEPS[sampler] if steps is None else steps

@@ -168,6 +168,38 @@ class ConditionalDenoiser(nn.Module):
         return self.label_dropout(y)
 
 
+class GuidedClassEmbedding(nn.Embedding):
+    """The class embedding of a guidance-distilled student: embed(y) + g(w), added to the
+    timestep embedding as the class embedding is (Meng et al. 2023, "On Distillation of Guided
+    Diffusion Models": w enters as a Fourier embedding like t's). g's last layer starts at
+    zero, so a student initialised from its teacher starts as the conditional teacher.
+
+    It replaces UNet2DModel's nn.Embedding and keeps its weight name (`class_embedding.weight`),
+    so the teacher's weights load unchanged; diffusers' forward hands it the class labels,
+    which for a student are (B, 2) float rows (label, w), packed by ADMUNet.forward."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, fourier_dim: int):
+        super().__init__(num_embeddings, embedding_dim)
+        self.fourier_dim = int(fourier_dim)
+        self.guidance = nn.Sequential(
+            nn.Linear(self.fourier_dim, embedding_dim),
+            nn.SiLU(),
+            nn.Linear(embedding_dim, embedding_dim),
+        )
+        nn.init.zeros_(self.guidance[2].weight)
+        nn.init.zeros_(self.guidance[2].bias)
+
+    def forward(self, labels_and_w: torch.Tensor) -> torch.Tensor:
+        from diffusers.models.embeddings import get_timestep_embedding
+
+        y, w = labels_and_w[:, 0].round().long(), labels_and_w[:, 1]  # (B,), (B,)
+        # w x 1000 as LCM's guidance-scale embedding: w in [1, 8] spans the frequencies t does
+        feats = get_timestep_embedding(
+            w.float() * 1000.0, self.fourier_dim, flip_sin_to_cos=True, downscale_freq_shift=0
+        )  # (B, fourier_dim)
+        return super().forward(y) + self.guidance(feats.to(self.weight.dtype))
+
+
 class ADMUNet(ConditionalDenoiser):
     """eps/v/x0 (+ variance interpolation) predictor: forward(x, t, y) -> (B, C_out, H, W).
 
@@ -192,6 +224,7 @@ class ADMUNet(ConditionalDenoiser):
         p_uncond: float = 0.1,
         norm_groups: int = 32,
         channels_last: bool = False,
+        guidance_embed_dim: int = 0,
     ):
         super().__init__()
         channel_mult = tuple(int(m) for m in channel_mult)
@@ -211,6 +244,9 @@ class ADMUNet(ConditionalDenoiser):
             p_uncond=p_uncond,
             norm_groups=norm_groups,
         )
+        if guidance_embed_dim:  # a guidance-distilled student (latent_diffusion/distill.py)
+            self.denoiser_config["guidance_embed_dim"] = int(guidance_embed_dim)
+        self.guidance_embed_dim = int(guidance_embed_dim)
         attn = attention_levels(sample_size, channel_mult, attention_resolutions)
         _check_geometry(sample_size, base_channels, channel_mult, attn, head_dim, norm_groups)
         if num_classes < 1:
@@ -246,6 +282,11 @@ class ADMUNet(ConditionalDenoiser):
             num_class_embeds=num_classes + 1,  # + null class; added to the time embedding
         )
         self._zero_init()
+        if self.guidance_embed_dim:
+            emb = self.unet.class_embedding
+            self.unet.class_embedding = GuidedClassEmbedding(
+                emb.num_embeddings, emb.embedding_dim, self.guidance_embed_dim
+            )
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
@@ -265,13 +306,25 @@ class ADMUNet(ConditionalDenoiser):
         nn.init.zeros_(self.unet.conv_out.bias)
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor | None = None,
+        w: torch.Tensor | float | None = None,
     ) -> torch.Tensor:
         """x: (B, C, H, W) noisy latents; t: (B,) long in [0, T) (float when the diffusion
-        rescales timesteps); y: (B,) long in [0, num_classes] or None (= null class)."""
+        rescales timesteps); y: (B,) long in [0, num_classes] or None (= null class);
+        w: the guidance weight, a number or (B,), for a guidance-distilled student only."""
         y = self.conditioning_labels(
             y, x.shape[0], x.device
         )  # (B,), null with prob p_uncond in training
+        if self.guidance_embed_dim:
+            if w is None:
+                raise TypeError("a guidance-distilled student needs w, the guidance weight")
+            w = torch.as_tensor(w, dtype=torch.float32, device=x.device).expand(x.shape[0])
+            y = torch.stack([y.float(), w], dim=1)  # (B, 2): GuidedClassEmbedding's input
+        elif w is not None:
+            raise TypeError("w is given to a denoiser without a guidance embedding")
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         out = self.unet(x, t, class_labels=y).sample  # (B, C_out, H, W)
