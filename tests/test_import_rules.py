@@ -28,6 +28,7 @@ OURS = (
     "train",
     "train_vae",
     "train_classifier",
+    "distill",
     "sample",
     "evaluate",
     "simulate",

@@ -298,6 +298,34 @@ def _train_classifier(cfg) -> None:
     )
 
 
+def _distill(cfg) -> None:
+    check_logger_packages(cfg)
+    if str(select(cfg, "run", "???")) in ("", "???", "None"):
+        raise UserError("run is not set: pass run=<the teacher's training run dir or its export/>")
+    check_ranges(
+        cfg,
+        [
+            ("trainer.max_steps", "count"),
+            ("warmup_steps", "count0"),
+            ("ema_decay", "decay"),
+            ("target_decay", "decay"),
+            ("student_dropout", "fraction"),
+            ("seed", "int"),
+            ("optimizer.lr", "positive"),
+            ("grid_points", "count"),
+            ("default_steps", "count"),
+            ("batch_size", "count"),
+        ],
+        nullable=("batch_size",),
+    )
+    if select(cfg, "latents", "cached") not in ("cached", "online"):
+        raise UserError(f"latents={select(cfg, 'latents', None)}: use cached or online")
+    check_out_dir(select(cfg, "paths.output_dir", None), "paths.output_dir")
+    check_out_dir(
+        select(cfg, "export_dir", None), "export_dir", ours=("export.json",), task="distill"
+    )
+
+
 def _study(cfg) -> None:
     check_ranges(cfg, [("recipe.steps_per_image", "positive"), ("recipe.min_steps", "count")])
     fractions = select(cfg, "fractions", [])
@@ -318,6 +346,7 @@ def _study(cfg) -> None:
 CHECKS = {
     "inspect": _inspect,
     "train_classifier": _train_classifier,
+    "distill": _distill,
     "study": _study,
     "train": _train,
     "train_vae": _train_vae,
