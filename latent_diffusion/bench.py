@@ -1,5 +1,5 @@
 """python -m latent_diffusion.bench out_dir=D
-[parts=[train,batch,data,vae,sample,gpu_switches,profile]]
+[parts=[train,batch,data,vae,sample,inference,student,resolution,gpu_switches,profile]]
 
 Performance of the whole pipeline measured side by side in one process
 (latent_diffusion/benchmarks/): writes D/bench.json and D/bench.md.

@@ -25,7 +25,7 @@ def bench(tmp_path_factory, request):
         "bench",
         f"out_dir={out}",
         "quick=true",
-        "parts=[train,sample,vae,inference,resolution,gpu_switches]",
+        "parts=[train,sample,vae,inference,student,resolution,gpu_switches]",
         "lightning.steps=1",
         "sample.repeats=1",
         "repeats=1",
@@ -66,7 +66,7 @@ def test_documented_keys_and_finite_rates(bench):
         assert key in meta
     assert meta["quick"] is True and meta["device"] == "cpu"
     assert set(res["parts"]) == {
-        "train", "sample", "vae", "inference", "resolution", "gpu_switches"
+        "train", "sample", "vae", "inference", "student", "resolution", "gpu_switches"
     }  # fmt: skip
     rates = list(_rates(res["parts"]))
     assert len(rates) >= 12
@@ -163,6 +163,20 @@ def test_inference_part_compares_switches_and_splits_the_stages(bench):
     ms = r["per_image_ms_fp32"]
     assert ms["denoise"] > 0 and ms["decode"] > 0 and ms["write_png"] > 0
     assert "## Sampling switches" in md
+
+
+def test_student_part_times_teacher_and_student_end_to_end(bench):
+    """The teacher (40 forwards per image) and the student at each K, side by side; fewer
+    forwards are faster, and each ratio is the ratio of the reported rates."""
+    res, md = bench
+    r = res["parts"]["student"]
+    ips = {k: v["images_per_s"] for k, v in r["variants"].items()}
+    assert set(ips) == {"teacher_dpmpp20", "student_k4", "student_k1"}
+    assert ips["student_k1"] > ips["student_k4"] > ips["teacher_dpmpp20"]
+    assert r["ratios"]["student_k4_over_teacher"] == pytest.approx(
+        ips["student_k4"] / ips["teacher_dpmpp20"], rel=0.01
+    )
+    assert "## Distilled student vs teacher" in md
 
 
 def test_unknown_part_is_a_user_error(tmp_path, request):

@@ -8,6 +8,7 @@ data.py      simulator, DataLoader vs training step, VAE encode/decode
 resolution.py  the 128x128 -> 4x32x32 path vs 64x64 -> 4x16x16: train, sample, decode
 sampling.py  samplers with and without guidance, the cost of one guided forward
 inference.py the sampling switches (channels_last, compile, bf16) and the time per stage
+student.py   the distilled student (LCM, K steps) against its teacher (DPM-Solver++-20), end to end
 gpu.py       GPU switches (CUDA only) and torch.profiler top items
 report.py    headline ratios against their targets, Markdown
 """
@@ -21,6 +22,7 @@ PART_NAMES = (
     "vae",
     "sample",
     "inference",
+    "student",
     "resolution",
     "gpu_switches",
     "profile",

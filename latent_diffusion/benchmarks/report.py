@@ -212,6 +212,17 @@ def to_markdown(result: dict) -> str:
             + ", ".join(f"{k} {_f(v)}" for k, v in r["per_image_ms_fp32"].items()),
             "",
         ]
+    if "student" in parts:
+        r = parts["student"]
+        L += ["## Distilled student vs teacher (`distill`, `sample run=<student>`)", ""]
+        L += _variants(
+            f"model={r['model']}, {r['n_images']} images end to end (denoise + decode + PNGs), "
+            f"w={r['guidance']}, latent {r['latent_shape']}; forwards per image "
+            + ", ".join(f"{k} {v}" for k, v in r["forwards_per_image"].items()),
+            r["variants"],
+            "images_per_s",
+        )
+        L += [_ratio_line(r["ratios"]), ""]
     if "resolution" in parts:
         r = parts["resolution"]
         L += ["## 128x128 vs 64x64", ""]

@@ -19,6 +19,7 @@ from latent_diffusion.benchmarks import (
     resolution,
     sampling,
     setup,
+    student,
     training,
 )
 from latent_diffusion.benchmarks.report import summary, to_markdown
@@ -37,6 +38,7 @@ PARTS = {
         cfg, device, vae, pool[0].shape[-1]
     ),
     "inference": inference.run_inference,
+    "student": student.run_student,
     "resolution": resolution.run_resolution,
     "gpu_switches": gpu.run_gpu_switches,
     "profile": gpu.run_profile,
