@@ -24,6 +24,7 @@ ENTRY_POINTS = {
     "sample": ["run=R", "sampler=ddim", "steps=50", "guidance=2", "n_per_class=4", "seed=3"],
     "evaluate": ["real=image_folder", "real.root=DIR", "generated=G", "out_dir=D"],
     "bench": ["out_dir=D", "quick=true"],
+    "distill": ["run=R", "steps=[4,2]", "default_steps=2", "guidance_range=[1,5]"],
 }
 
 
@@ -40,6 +41,7 @@ LANDS = {
     "sample": ("guidance", 2),
     "evaluate": ("real.source", "image_folder"),
     "bench": ("quick", True),
+    "distill": ("guidance_range", [1, 5]),
 }
 
 

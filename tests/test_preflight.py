@@ -268,6 +268,7 @@ def test_every_cli_checks_before_any_work(tmp_path):
         "bench": ["threads=0"],
         "inspect": [f"out_dir={f}"],
         "train_classifier": ["trainer.max_steps=0"],
+        "distill": ["run=nowhere", "target_decay=1.5"],
         "study": ["study_dir=s", "fractions=[0.1,2]"],
     }
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
