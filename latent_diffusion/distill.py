@@ -130,10 +130,9 @@ def build_student(teacher, dropout: float) -> tuple[torch.nn.Module, dict]:
 # ------------------------------------------------------------------ the run
 def build(cfg: DictConfig):
     """(datamodule, module, trainer, teacher pipeline, sorted K list) from the config."""
-    from latent_diffusion.lit.checkpoint_io import AtomicCheckpointIO, ResumeState
     from latent_diffusion.lit.distill_module import ConsistencyDistillation
     from latent_diffusion.pipeline import LatentDiffusionPipeline, read_export_meta
-    from latent_diffusion.train import latent_space
+    from latent_diffusion.train import build_trainer, latent_space
     from latent_diffusion.utils.io import file_hash
 
     if OmegaConf.is_missing(cfg, "run") or cfg.run in (None, ""):
@@ -191,22 +190,7 @@ def build(cfg: DictConfig):
         "guidance_range": [float(v) for v in cfg.guidance_range],
         "loss": str(cfg.loss),
     }
-    # (debug=fast also sets train's sample_grid keys, which distill has no callback for)
-    callbacks = [
-        instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c
-    ]
-    callbacks.append(ResumeState(signature))
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    extra = (
-        {} if cfg.trainer.get("default_root_dir") else {"default_root_dir": cfg.paths.output_dir}
-    )
-    trainer = instantiate(
-        cfg.trainer,
-        callbacks=callbacks,
-        logger=loggers or False,
-        plugins=[AtomicCheckpointIO(signature)],
-        **extra,
-    )
+    trainer = build_trainer(cfg, signature)
     record = {
         "method": METHOD,
         "sampler": "lcm",
@@ -233,7 +217,6 @@ def export_student(module, cfg: DictConfig, teacher, record: dict) -> Path:
 
     base = {k: v for k, v in teacher.config.items() if k not in ("version", "vae")}
     config = {**base, "model": {**teacher.config["model"], **module.student.denoiser_config}}
-    config["model"].pop("channels_last", None)
     with module.ema.swap_into(module.student):
         pipe = LatentDiffusionPipeline(
             module.student.eval(), module.diffusion, module.class_names, module.latent_shape,

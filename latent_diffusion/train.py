@@ -109,7 +109,6 @@ def latent_space(cfg: DictConfig, dm, vae) -> tuple[int, int, int]:
 
 def build(cfg: DictConfig):
     """Everything `fit` needs, from the composed config: (datamodule, module, trainer)."""
-    from latent_diffusion.lit.checkpoint_io import AtomicCheckpointIO, ResumeState
     from latent_diffusion.lit.module import LatentDiffusion
     from latent_diffusion.lit.safe_load import run_signature
     from latent_diffusion.vae.resolve import load_or_train_vae
@@ -157,23 +156,33 @@ def build(cfg: DictConfig):
         max_bad_steps=cfg.max_bad_steps,
         seed=cfg.seed,
     )
-    # Reliability wiring (docs/reliability.md): atomic + weights_only checkpoints that carry
-    # the run signature, RNG continuity and save-on-signal; SLURM's hpc_ckpt in the run dir.
-    signature = run_signature(cfg, dm.class_names, latent_shape, vae)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    trainer = build_trainer(cfg, run_signature(cfg, dm.class_names, latent_shape, vae))
+    return dm, module, trainer
+
+
+def build_trainer(cfg: DictConfig, signature: dict):
+    """The Trainer of a run with the reliability wiring (docs/reliability.md): atomic +
+    weights_only checkpoints that carry the run signature, RNG continuity and save-on-signal;
+    SLURM's hpc_ckpt in the run dir. Shared by `train` and `distill`. Callback entries
+    without a _target_ are skipped (debug=fast sets keys of train's sample_grid, which
+    `distill` has no callback for)."""
+    from latent_diffusion.lit.checkpoint_io import AtomicCheckpointIO, ResumeState
+
+    callbacks = [
+        instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c
+    ]
     callbacks.append(ResumeState(signature))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     extra = (
         {} if cfg.trainer.get("default_root_dir") else {"default_root_dir": cfg.paths.output_dir}
     )
-    trainer = instantiate(
+    return instantiate(
         cfg.trainer,
         callbacks=callbacks,
         logger=loggers or False,
         plugins=[AtomicCheckpointIO(signature)],
         **extra,
     )
-    return dm, module, trainer
 
 
 def train(cfg: DictConfig) -> dict:

@@ -14,8 +14,8 @@ a CPU budget (docs/sampling.md has the measured cost).
 The pieces, all in the latent space the teacher was trained in:
 
 - the skipping-step grid t_n = (n + 1) k - 1, n = 0..N-1, k = T // N (LCM's N = 50, k = 20);
-- the teacher's guided one-step solve from t_n to t_n - k: a DDIM step (eta = 0) with
-  eps and x0 guided as eps_u + w (eps_c - eps_u) (the package's w: 1 = conditional model);
+- the teacher's guided one-step solve from t_n to t_n - k: a DDIM step (eta = 0) on the
+  prediction guided by samplers.cfg_model_fn with one w per image (1 = conditional model);
 - the consistency parametrisation f = c_skip(t) x_t + c_out(t) x0_pred(x_t, t), with
   LCM's c_skip = s^2 / ((10 t)^2 + s^2), c_out = 10 t / sqrt((10 t)^2 + s^2), s = 0.5:
   f(x, 0) = x exactly (the boundary condition), f ~ x0_pred at every grid point;
@@ -95,13 +95,6 @@ def consistency_output(
     return c_skip.to(x_t.dtype) * x_t + c_out.to(x_t.dtype) * x0
 
 
-def guided_prediction(out_c: torch.Tensor, out_u: torch.Tensor, w: torch.Tensor, C: int):
-    """Classifier-free guidance with one w per image: u + w (c - u) on the C prediction
-    channels (cfg_model_fn's rule, with w a (B,) tensor)."""
-    w = w.to(out_c.dtype).view(-1, 1, 1, 1)
-    return out_u[:, :C] + w * (out_c[:, :C] - out_u[:, :C])
-
-
 def teacher_ddim_step(
     diffusion: GaussianDiffusion,
     teacher: Callable,
@@ -113,16 +106,11 @@ def teacher_ddim_step(
     null_class: int,
 ) -> torch.Tensor:
     """The guided teacher's DDIM step (eta = 0) from t to t_prev (B,) for images of class y
-    (B,) at guidance w (B,): one batched forward of [x; x] with [y; null]."""
-    C = x_t.shape[1]
-    null = torch.full_like(y, null_class)
-    out = diffusion.call_model(
-        lambda x, tt: teacher(x, tt, torch.cat([y, null])),
-        torch.cat([x_t, x_t]),
-        torch.cat([t, t]),
-    )  # (2B, C|2C, H, W)
-    out_c, out_u = out.chunk(2)
-    pred = guided_prediction(out_c, out_u, w, C)
+    (B,) at guidance w (B,): one batched forward of [x; x] with [y; null] (cfg_model_fn)."""
+    from latent_diffusion.diffusion.samplers import cfg_model_fn
+
+    out = diffusion.call_model(cfg_model_fn(teacher, y, null_class, w), x_t, t)  # (B, C|2C, ..)
+    pred, _ = diffusion.split_output(out, x_t)
     x0, eps = diffusion.predict_x0_eps(pred, x_t, t)
     acp_prev = diffusion.schedule.at("alphas_cumprod", t_prev, x_t)
     return acp_prev.sqrt() * x0 + (1 - acp_prev).sqrt() * eps
@@ -237,7 +225,6 @@ __all__ = [
     "check_guidance_range",
     "consistency_distillation_loss",
     "consistency_output",
-    "guided_prediction",
     "inference_timesteps",
     "lcm_sample",
     "pseudo_huber",

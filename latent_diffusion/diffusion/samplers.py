@@ -229,20 +229,22 @@ def sample(
 
 
 # ------------------------------------------------- classifier-free guidance
-def cfg_model_fn(model, y: torch.Tensor, null_label: int, w: float) -> ModelFn:
+def cfg_model_fn(model, y: torch.Tensor, null_label: int, w: float | torch.Tensor) -> ModelFn:
     """Classifier-free guidance (Ho & Salimans 2022): pred = pred_u + w (pred_c - pred_u).
 
     model(x_t, t, y) -> (B, C or 2C, H, W). One batched forward over [x; x] with
     [y; null]; ALL C prediction channels are guided (DiT issue 41 guided 3 of 4), the
     variance channels come from the conditional half. w = 1 is the conditional model
     alone and skips the unconditional half. Guiding eps, v or x0 is the same thing:
-    at a fixed x_t each is an affine function of the others.
+    at a fixed x_t each is an affine function of the others. w may be a (B,) tensor, one
+    weight per image (consistency distillation's teacher draws w per image).
     """
-    w = float(w)
+    per_image = isinstance(w, torch.Tensor)
+    w = w.view(-1, 1, 1, 1) if per_image else float(w)
 
     def fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         yy = y.to(x_t.device)
-        if w == 1.0:
+        if not per_image and w == 1.0:
             return model(x_t, t, yy)
         C = x_t.shape[1]
         null = torch.full_like(yy, null_label)
@@ -250,7 +252,8 @@ def cfg_model_fn(model, y: torch.Tensor, null_label: int, w: float) -> ModelFn:
             torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([yy, null])
         )  # (2B, C|2C, H, W)
         cond, uncond = out.chunk(2)
-        guided = uncond[:, :C] + w * (cond[:, :C] - uncond[:, :C])
+        ww = w.to(out.device, out.dtype) if per_image else w
+        guided = uncond[:, :C] + ww * (cond[:, :C] - uncond[:, :C])
         return torch.cat([guided, cond[:, C:]], dim=1)
 
     return fn

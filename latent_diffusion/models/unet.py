@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import torch
 from diffusers import UNet2DModel
 from diffusers.models.attention_processor import Attention
+from diffusers.models.embeddings import get_timestep_embedding
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
@@ -190,8 +191,6 @@ class GuidedClassEmbedding(nn.Embedding):
         nn.init.zeros_(self.guidance[2].bias)
 
     def forward(self, labels_and_w: torch.Tensor) -> torch.Tensor:
-        from diffusers.models.embeddings import get_timestep_embedding
-
         y, w = labels_and_w[:, 0].round().long(), labels_and_w[:, 1]  # (B,), (B,)
         # w x 1000 as LCM's guidance-scale embedding: w in [1, 8] spans the frequencies t does
         feats = get_timestep_embedding(
