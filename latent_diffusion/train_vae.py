@@ -72,7 +72,7 @@ def train_vae(cfg: DictConfig) -> Path:
     if trainer.is_global_zero:
         train_ds = datamodule.dataset("train")
         export_vae(
-            module.vae,
+            module.export_autoencoder(),
             out_dir,
             data_channels=datamodule.channels,
             train_batches=lambda: DataLoader(train_ds, batch_size=64, shuffle=False),

@@ -204,6 +204,7 @@ def trained_export(tmp_path_factory):
         "vae.module.warmup_steps=10",
         "vae.module.lr=4e-3",
         "vae.module.num_threads=1",
+        "vae.module.ema_decay=0.99",  # the export writes the EMA weights; checked below
         "vae.batch_size=16",
         f"paths.runs_dir={tmp / 'runs'}",
         "run_name=t",
@@ -250,6 +251,15 @@ def test_train_vae_cli_writes_the_export(trained_export):
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["training"]["steps"] == 100
+    # vae.module.ema_decay is set: the export holds the EMA weights, not the last step's
+    from safetensors.torch import load_file
+
+    exported = load_file(out / "diffusion_pytorch_model.safetensors")
+    (ckpt,) = out.parent.joinpath("runs").rglob("*step=100.ckpt")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    for name, tensor in exported.items():
+        assert torch.equal(tensor, state["ema." + name.replace(".", "/")]), name
+    assert any(not torch.equal(t, state["vae." + n]) for n, t in exported.items())
     assert not list(out.parent.glob(".vae.*"))  # no temporary folder left behind
     # The reported figures are the exported VAE's, recomputed here on the validation split:
     # posterior-mean reconstructions, and the 32x32 area thumbnail (as many numbers as a

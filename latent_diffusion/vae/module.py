@@ -9,7 +9,15 @@ cannot be downloaded here):
     + ws | log(1+|F x|) - log(1+|F x^|) |_1          spectral term: keeps the speckle's
                                                      high frequencies instead of blobs
     + wkl KL(q(z|x) || N(0, I)) / (H W)              a weak prior, only to bound the latents
-    + wadv * (-D(x^))                                PatchGAN hinge, after `gan_start_step`
+    + wadv * lambda * (-D(x^))                       PatchGAN hinge, after `gan_start_step`
+
+lambda is LDM's adaptive weight (Esser et al. 2021, eq. 7): the ratio of the gradient
+norms of the reconstruction and adversarial terms at the decoder's last layer, so the
+adversarial term pulls as hard as the reconstruction whatever their scales (clamped to
+[0, 1e4]; `gan_adaptive: false` gives lambda = 1). Before `gan_start_step` the
+autoencoder trains alone (LDM's `disc_start`): a discriminator that meets blurry early
+reconstructions wins at once and its gradients are noise. `ema_decay` keeps an EMA of the
+autoencoder's weights, which validation and the export use.
 
 Manual optimisation because the optional discriminator has its own optimizer;
 gradient clipping is therefore done here (`grad_clip`), not by the Trainer.
@@ -31,6 +39,7 @@ from PIL import Image
 from torch import nn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from latent_diffusion.lit.ema import EMA
 from latent_diffusion.utils.io import atomic_write_bytes
 from latent_diffusion.utils.pixels import png_bytes, to_unit
 from latent_diffusion.vae.stats import batch_images
@@ -108,6 +117,21 @@ def spectral_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (torch.log1p(fx) - torch.log1p(fy)).abs().mean()
 
 
+# LDM's clamp of the adaptive weight: a vanishing adversarial gradient must not blow it up.
+MAX_ADAPTIVE_WEIGHT = 1e4
+
+
+def adaptive_gan_weight(
+    rec_loss: torch.Tensor, adv_loss: torch.Tensor, last_layer: torch.Tensor
+) -> torch.Tensor:
+    """lambda = |grad_L rec| / (|grad_L adv| + 1e-4) at the decoder's last layer L (Esser et al.
+    2021, eq. 7; LDM's `calculate_adaptive_weight`), clamped to [0, 1e4] and detached."""
+    g_rec = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
+    g_adv = torch.autograd.grad(adv_loss, last_layer, retain_graph=True)[0]
+    lam = g_rec.float().norm() / (g_adv.float().norm() + 1e-4)
+    return torch.nan_to_num(lam, nan=0.0).clamp(0.0, MAX_ADAPTIVE_WEIGHT).detach()
+
+
 class PatchDiscriminator(nn.Module):
     """PatchGAN (Isola et al. 2017): a logit per ~receptive-field patch, GroupNorm for small
     batches."""
@@ -151,9 +175,11 @@ class VAETrainer(L.LightningModule):
         kl_weight: float = 1e-6,
         gan_weight: float = 0.0,  # 0 = no discriminator at all
         gan_start_step: int = 1000,
+        gan_adaptive: bool = True,  # LDM's adaptive weight; False = gan_weight alone
         disc_channels: int = 32,
         disc_layers: int = 3,
         disc_lr: float | None = None,
+        ema_decay: float | None = None,  # EMA of the weights for validation and export; None = off
         n_log_images: int = 8,
         num_threads: int | None = None,  # torch.set_num_threads on CPU; None = torch's default
     ):
@@ -168,6 +194,8 @@ class VAETrainer(L.LightningModule):
             if gan_weight > 0
             else None
         )
+        self.ema = EMA(self.vae, decay=float(ema_decay)) if ema_decay else None
+        self._ema_swap = None
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
         self.base_psnr = PeakSignalNoiseRatio(data_range=1.0)
@@ -232,7 +260,13 @@ class VAETrainer(L.LightningModule):
         loss = terms["loss"]
         if use_gan:
             terms["g_adv"] = -self.disc(xr).float().mean()  # hinge generator loss
-            loss = loss + h.gan_weight * terms["g_adv"]
+            lam = (
+                adaptive_gan_weight(loss, terms["g_adv"], self.vae.decoder.conv_out.weight)
+                if h.gan_adaptive
+                else torch.ones((), device=loss.device)
+            )
+            terms["gan_lambda"] = lam
+            loss = loss + h.gan_weight * lam * terms["g_adv"]
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         if h.grad_clip:
@@ -240,6 +274,8 @@ class VAETrainer(L.LightningModule):
                 opt_g, gradient_clip_val=h.grad_clip, gradient_clip_algorithm="norm"
             )
         opt_g.step()
+        if self.ema is not None:
+            self.ema.update(self.vae, step)
         if use_gan:
             # Discriminator hinge loss on a detached reconstruction (Lim & Ye 2017).
             d_real, d_fake = self.disc(x), self.disc(xr.detach())
@@ -257,6 +293,24 @@ class VAETrainer(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._g_steps = int(checkpoint.get("vae_generator_steps", 0))
+
+    # -- the weights validation and the export see ----------------------------------------
+    def export_autoencoder(self) -> AutoencoderKL:
+        """The autoencoder to export: its EMA weights when `ema_decay` is set (loaded in place:
+        call once, after training)."""
+        if self.ema is not None:
+            self.ema.copy_to(self.vae)
+        return self.vae
+
+    def on_validation_epoch_start(self) -> None:
+        if self.ema is not None:
+            self._ema_swap = self.ema.swap_into(self.vae)
+            self._ema_swap.__enter__()
+
+    def _end_ema_swap(self) -> None:
+        if self._ema_swap is not None:
+            self._ema_swap.__exit__(None, None, None)
+            self._ema_swap = None
 
     # -- validation -------------------------------------------------------------------
     def validation_step(self, batch, batch_idx):
@@ -289,6 +343,7 @@ class VAETrainer(L.LightningModule):
         ):
             self._log_recon_grid(self._log_batch[0], self._log_batch[1], root)
         self._log_batch = None
+        self._end_ema_swap()
 
     def _log_recon_grid(self, x: torch.Tensor, xr: torch.Tensor, root: Path) -> None:
         png = grid_png([x, xr])
@@ -316,4 +371,11 @@ class VAETrainer(L.LightningModule):
         return [opt_g, opt_d]
 
 
-__all__ = ["PatchDiscriminator", "VAETrainer", "bicubic_baseline", "build_autoencoder", "grid_png"]
+__all__ = [
+    "PatchDiscriminator",
+    "VAETrainer",
+    "adaptive_gan_weight",
+    "bicubic_baseline",
+    "build_autoencoder",
+    "grid_png",
+]
