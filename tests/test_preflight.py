@@ -116,6 +116,8 @@ def test_a_foreign_folder_is_not_overwritten(tmp_path):
         ("train", "data.radar.prf_hz=-5", r"data.radar.prf_hz=-5"),
         ("train", "data.batch_size=abc", r"data.batch_size='abc': must be an integer"),
         ("train_vae", "vae.module.num_threads=0", r"vae.module.num_threads=0"),
+        ("train_vae", "vae.module.ema_decay=1.0", r"vae.module.ema_decay=1.0: must be a number in"),
+        ("train_vae", "vae.module.gan_weight=-0.1", r"gan_weight=-0.1: must be a finite"),
         ("simulate", "workers=-1", r"workers=-1: must be an integer >= 0"),
         ("simulate", "n_per_class=0", r"n_per_class=0"),
         ("sample", "threads=0", r"threads=0"),

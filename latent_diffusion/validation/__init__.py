@@ -134,9 +134,13 @@ def _train_vae(cfg) -> None:
             ("vae.val_check_interval", "count"),
             ("vae.module.num_threads", "count"),
             ("vae.module.lr", "positive"),
+            ("vae.module.spectral_weight", "nonneg"),
+            ("vae.module.gan_weight", "nonneg"),
+            ("vae.module.gan_start_step", "count0"),
+            ("vae.module.ema_decay", "decay"),
             ("seed", "int"),
         ],
-        nullable=("vae.batch_size", "vae.module.num_threads"),
+        nullable=("vae.batch_size", "vae.module.num_threads", "vae.module.ema_decay"),
     )
     check_sizes(cfg, "data.image_size", model=False)
     check_out_dir(select(cfg, "out_dir", None), "out_dir", ours=("latent_stats.json",))
