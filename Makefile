@@ -30,8 +30,8 @@ demo: $(STAMP)  ## the main job on the built-in simulator: simulate -> VAE -> di
 simulate: $(STAMP)  ## write a simulated data set to data/microdoppler_demo with a preview grid
 	$(BIN)/python -m latent_diffusion.simulate out_dir=data/microdoppler_demo
 
-test: $(STAMP)  ## the whole suite (what CI runs)
-	$(PYTEST) -q
+test: $(STAMP)  ## the whole suite (what CI runs): two pytest-xdist workers, one thread each
+	$(PYTEST) -q -n 2 --dist loadfile
 
 test-fast: $(STAMP)  ## quick subset for the edit loop (skips `slow`)
 	$(PYTEST) -q -m "not slow"

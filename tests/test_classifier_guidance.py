@@ -36,14 +36,6 @@ SHAPE = (4000, 1, 2, 2)  # D = 4 elements per image
 PHI = 0.5 * (1 + math.erf(M * 2 / S / math.sqrt(2)))  # Phi(M sqrt(D) / S) = Phi(1) = 0.841
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def diffusion(prediction="eps"):
     # a fixed (small) variance: the mixture's true reverse variance has no closed form to learn
     return GaussianDiffusion(

@@ -24,14 +24,6 @@ from latent_diffusion.utils.errors import UserError
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------ the toy mixture
 MU = torch.tensor([[2.0, 0.0], [-1.0, 1.7], [-1.0, -1.7]], dtype=torch.float64)  # 3 classes
 S = 0.3  # each class is N(mu_c, S^2 I) in 2-D, stored as (B, 2, 1, 1) latents

@@ -6,8 +6,6 @@ are shared by the module; the CLI test (test_evaluate.py) reuses the same simula
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 import torch
@@ -28,17 +26,6 @@ REAL = dict(
 SMALL = ClassifierConfig(width=8, steps=150, batch_size=32)
 
 
-@contextlib.contextmanager
-def one_thread():
-    # On a shared 2-core machine one intra-op thread trains these tiny CNNs several times faster.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def real(workdir):
     src = build_source(
@@ -49,8 +36,7 @@ def real(workdir):
 
 @pytest.fixture(scope="module")
 def model(real):
-    with one_thread():
-        return train_classifier(*real["train"], len(CLASSES), SMALL)
+    return train_classifier(*real["train"], len(CLASSES), SMALL)
 
 
 def _blur(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -68,11 +54,10 @@ def test_fid_orders_real_blurred_and_noise(real, model):
     kernel; noise images are far beyond; a set against itself is ~0."""
     feats = DomainFeatures(model)
     ref, test = real["train"][0], real["test"][0]
-    with one_thread():
-        self_fid = distances.fid(feats, test, test)
-        rr = distances.fid(feats, ref, test)
-        blurred = [distances.fid(feats, ref, _blur(test, k)) for k in (3, 5, 9)]
-        noise = distances.fid(feats, ref, torch.rand_like(test) * 2 - 1)
+    self_fid = distances.fid(feats, test, test)
+    rr = distances.fid(feats, ref, test)
+    blurred = [distances.fid(feats, ref, _blur(test, k)) for k in (3, 5, 9)]
+    noise = distances.fid(feats, ref, torch.rand_like(test) * 2 - 1)
     assert abs(self_fid) < 1e-3 * rr
     assert rr < blurred[0] < blurred[1] < blurred[2] < noise, (rr, blurred, noise)
     assert noise > 10 * rr
@@ -82,9 +67,8 @@ def test_fid_orders_real_blurred_and_noise(real, model):
 def test_precision_recall_and_kid(real, model):
     feats = DomainFeatures(model)
     ref, test = real["train"][0], real["test"][0]
-    with one_thread():
-        same = distances.compare(feats, ref, test, kid_subsets=10)
-        noise = distances.compare(feats, ref, torch.rand_like(test) * 2 - 1, kid_subsets=10)
+    same = distances.compare(feats, ref, test, kid_subsets=10)
+    noise = distances.compare(feats, ref, torch.rand_like(test) * 2 - 1, kid_subsets=10)
     assert same["precision"] > 0.6 and same["recall"] > 0.6, same
     # a few noise features land in the wide balls of outlying real points (the k-NN manifold's
     # known weakness), but noise covers none of the real set
@@ -129,8 +113,7 @@ def test_cas_on_real_test_is_trtr_and_tstr_on_real_train_matches_trtr(real, mode
     trtr = float((predict(model, sx) == sy.numpy()).mean())
     assert trtr > 0.8  # the simulator's classes are separable
     assert protocol.cas(model, sx, sy.numpy(), CLASSES)["accuracy"] == pytest.approx(trtr)
-    with one_thread():
-        rep = protocol.tstr(tx, ty.numpy(), ty.numpy(), sx, sy.numpy(), CLASSES, SMALL)
+    rep = protocol.tstr(tx, ty.numpy(), ty.numpy(), sx, sy.numpy(), CLASSES, SMALL)
     assert rep["n_train"] == len(ty)
     assert abs(rep["accuracy"] - trtr) <= 0.05, (rep["accuracy"], trtr)
 
@@ -146,11 +129,10 @@ def test_augmentation_curve_adds_the_generated_images(real):
     wrong_y = (ty.numpy() + 1) % len(CLASSES)
 
     def curve(gen_x, gen_y):
-        with one_thread():
-            return protocol.augmentation_curve(
-                tx, ty.numpy(), gen_x, gen_y, sx, sy.numpy(), CLASSES, cfg,
-                fractions=[0.1], multipliers=[0, 4], seeds=[0],
-            )["0.1"]  # fmt: skip
+        return protocol.augmentation_curve(
+            tx, ty.numpy(), gen_x, gen_y, sx, sy.numpy(), CLASSES, cfg,
+            fractions=[0.1], multipliers=[0, 4], seeds=[0],
+        )["0.1"]  # fmt: skip
 
     helped, hurt = curve(tx, ty.numpy()), curve(tx, wrong_y)
     assert helped["accuracy"]["0"] == hurt["accuracy"]["0"]  # the same real-only runs

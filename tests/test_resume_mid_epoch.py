@@ -136,7 +136,7 @@ def _train_args(root: Path, run: Path, steps: int, extra: list[str], digest=Fals
 
 # the same intra-op thread count as the in-process run: a CPU conv sums in another order
 # with another count, and the weights would differ in the last bits
-ENV = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"WANDB_MODE": "offline"}
+ENV = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "WANDB_MODE": "offline"}
 
 
 def _kill_then_resume(root: Path, run: Path, args: list[str], step: int) -> dict:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,7 +25,6 @@ from PIL import Image
 from latent_diffusion.utils.errors import UserError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # a busy 2-core machine runs tiny models far faster so
 
 
 # ------------------------------------------------------------------ no model needed
@@ -80,15 +78,6 @@ def test_bad_values_name_the_problem_before_any_work(overrides, needle, tmp_path
 
 
 # ------------------------------------------------------------------ fixtures
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # in-process sampling on a busy 2-core machine: 1 intra-op thread is several times faster
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def sample_src(tmp_path_factory) -> Path:
     """A trained tiny run (4 steps: noise-like samples, real plumbing). Its own folder:
@@ -102,7 +91,6 @@ def sample_src(tmp_path_factory) -> Path:
         "run_name=sample_src",
         "callbacks.sample_grid=null",
         cwd=work,
-        env=ONE_THREAD,
     )
     return work / "outputs" / "train" / "sample_src"
 
@@ -354,7 +342,6 @@ def test_cli_refuses_a_foreign_folder_with_exit_code_2(sample_src, tmp_path):
         "n_per_class=1",
         cwd=tmp_path,
         check=False,
-        env=ONE_THREAD,
     )
     assert proc.returncode == 2 and "was not written by sample" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -378,7 +365,6 @@ def test_two_ranks_under_torchrun_write_the_same_images_as_one_process(sample_sr
         "progress=false",
     )
     one = _sample(sample_src, tmp_path / "one", *args)
-    env = {**os.environ, **ONE_THREAD}
     proc = subprocess.run(
         [
             torchrun,
@@ -391,7 +377,6 @@ def test_two_ranks_under_torchrun_write_the_same_images_as_one_process(sample_sr
             f"out_dir={tmp_path / 'two'}",
         ],
         cwd=tmp_path,
-        env=env,
         capture_output=True,
         text=True,
         timeout=600,
@@ -426,7 +411,6 @@ def test_an_export_loads_as_a_pipeline_in_a_plain_session_and_gives_the_sample_i
     """from_pretrained(run/export) in a fresh `python -c` (no Hydra, no Lightning imported)
     makes the very images `sample` wrote for the same (seed, class, index)."""
     _, r = batch8
-    env = {**os.environ, **ONE_THREAD}
     proc = subprocess.run(
         [
             sys.executable,
@@ -435,7 +419,6 @@ def test_an_export_loads_as_a_pipeline_in_a_plain_session_and_gives_the_sample_i
             str(sample_src / "export"),
             str(tmp_path / "imgs.npy"),
         ],
-        env=env,
         capture_output=True,
         text=True,
         timeout=300,

@@ -29,15 +29,6 @@ MU, S = 0.7, 0.5
 SHAPE = (500, 4, 4, 4)  # 32k latent elements: sampling error of the mean ~0.003
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: thread hand-offs cost more than the arithmetic on a busy 2-core box.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def toy_model(d, s=S, calls=None):
     """model(x_t, t, y) -> (B, C or 2C, H, W): the exact denoiser of N(MU + 0.3 y, s^2) data
     for the TRAINING schedule of `d` (t are original timesteps, as a trained net sees them)."""
