@@ -5,7 +5,8 @@ from pathlib import Path
 # One compute thread per test process, and for the commands the tests start (they inherit
 # the environment). `make test` runs two pytest-xdist workers on a 2-core machine, and a
 # worker spinning two OpenMP threads beside a busy one slows tiny models several-fold
-# (measured: the distillation toy fit takes 30 s alone, 139 s so). Set before torch loads.
+# (measured: the distillation toy fit took 30 s alone and 139 s that way). The variables are
+# set before torch loads.
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["MKL_NUM_THREADS"] = "1"
 

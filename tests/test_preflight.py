@@ -273,7 +273,7 @@ def test_every_cli_checks_before_any_work(tmp_path):
         "distill": ["run=nowhere", "target_decay=1.5"],
         "study": ["study_dir=s", "fractions=[0.1,2]"],
     }
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "WANDB_MODE": "offline"}
     procs = {
         e: subprocess.Popen(
             [sys.executable, "-m", f"latent_diffusion.{e}", *o, f"paths.root_dir={tmp_path}"],

@@ -41,8 +41,6 @@ ENV = {
     **os.environ,
     "WANDB_MODE": "offline",
     "WANDB_SILENT": "true",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
 }
 
 
