@@ -175,7 +175,9 @@ def test_sigkill_at_a_random_step_then_ckpt_path_last_is_bit_exact(root, whole_r
     """The real thing: a `train` process killed (SIGKILL, no handler runs) once its checkpoint of
     a random step exists, resumed by the CLI with ckpt_path=last, equals the in-process whole
     run."""
-    step = random.Random().randrange(1, STEPS)
+    # at least two steps (and a validation) before the end, so that the kill lands before the
+    # run finishes even when a loaded machine slows the polling
+    step = random.Random().randrange(1, STEPS - 2)
     run = root / "outputs" / "killed"
     got = _kill_then_resume(root, run, _train_args(root, run, STEPS, []), step)
     assert got["killed"]["global_step"] < STEPS
