@@ -97,6 +97,8 @@ def recipe_overrides(recipe: DictConfig, n_images: int) -> list[str]:
     if r.get("vae_steps_per_image"):
         vsteps = int(min(r.vae_max_steps, max(r.vae_min_steps, r.vae_steps_per_image * n_images)))
         out.append(f"vae.max_steps={vsteps}")
+        if r.get("vae_batch_size"):
+            out.append(f"vae.batch_size={int(r.vae_batch_size)}")
     if n_images < int(r.small_below):
         out.append(f"model.dropout={float(r.dropout)}")
         for k, v in (r.get("augment") or {}).items():

@@ -425,3 +425,7 @@ def test_small_data_recipe_scales_with_the_subset():
     assert "model.dropout=0.1" in small and not any(o.startswith("model.dropout") for o in big)
     assert any(o.startswith("data.augment.time_shift") for o in small)
     assert "+callbacks.early_stopping.patience=4" in small
+    # the VAE's budget scales too (2 steps per image, 300 to 1,500), at the batch the study was
+    # measured with, whatever vae=f4's own batch size
+    assert "vae.max_steps=300" in small and "vae.max_steps=1500" in big
+    assert "vae.batch_size=16" in small and "vae.batch_size=16" in big
