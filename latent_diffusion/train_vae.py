@@ -84,7 +84,7 @@ def train_vae(cfg: DictConfig) -> Path:
                 "training": timing,
                 "vae": OmegaConf.to_container(cfg.vae, resolve=True),
             },
-            dynamic_range_db=dynamic_range_db(datamodule, cfg.data),
+            **radar_axes(datamodule, cfg.data),
         )
         report = cfg.get("report") or {}
         if report.get("domain_fid"):
@@ -110,14 +110,35 @@ def add_ceiling_report(out_dir: Path, datamodule, report) -> None:
     atomic_write_json(out_dir / "metrics.json", metrics)
 
 
-def dynamic_range_db(datamodule, data_cfg) -> float:
-    """The dB span of the pixels (for the speckle statistic): the simulator's or the raw
-    reader's radar settings, else data.dynamic_range_db, else 45 dB (the simulator's)."""
-    radar = getattr(datamodule, "radar", None)
-    for v in (getattr(radar, "dynamic_range_db", None), data_cfg.get("dynamic_range_db")):
-        if v is not None:
-            return float(v)
-    return 45.0
+AXES_DEFAULTS = {"dynamic_range_db": 45.0, "v_max": 8.0, "duration_s": 4.0}  # the simulator's
+
+
+def radar_axes(datamodule, data_cfg) -> dict:
+    """What the pixels mean, for the speckle and kinematic statistics: the dB span, the
+    velocity crop and the duration, each from the source's radar settings (the simulator's,
+    or the raw reader's), else the data config's key (image folders), else the simulator's
+    defaults. -> export_vae's `dynamic_range_db` and `kinematics`."""
+    radar = getattr(datamodule.source, "radar", None)
+    axes, defaulted = {}, []
+    for key, default in AXES_DEFAULTS.items():
+        picked = (getattr(radar, key, None), data_cfg.get(key), default)
+        axes[key] = float(next(v for v in picked if v is not None))
+        if picked[0] is None and picked[1] is None:
+            defaulted.append(f"{key}={default:g}")
+    if defaulted:
+        log.info(
+            "the data does not say %s: metrics.json's speckle and envelope statistics assume "
+            "the simulator's (its kinematics also give one Doppler row in m/s to compare with)",
+            ", ".join(defaulted),
+        )
+    return {
+        "dynamic_range_db": axes["dynamic_range_db"],
+        "kinematics": {
+            "class_names": list(datamodule.class_names),
+            "v_max": axes["v_max"],
+            "duration_s": axes["duration_s"],
+        },
+    }
 
 
 def train_vae_for(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None) -> Path:

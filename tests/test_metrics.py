@@ -187,6 +187,33 @@ def test_kinematic_wasserstein_real_vs_real_small_vs_other_class(real):
     assert fid["fall"]["cadence"]["w1"] is None or np.isfinite(fid["fall"]["cadence"]["w1"])
 
 
+def test_paired_envelope_shifts_read_a_known_doppler_shift(real):
+    """Reconstructions that move every image down by two Doppler rows (0.5 m/s, the top
+    filled with the clip floor) are read as a 0.5 m/s shift of max Doppler in every class and
+    of min Doppler wherever the envelope stays inside the crop, with bandwidth and cadence
+    unmoved; an exact copy reads 0 everywhere."""
+    from latent_diffusion.vae.export import reconstruction_kinematics
+
+    x, y = real["test"]
+    unit = (x + 1) / 2  # (N, 1, 64, 64) in [0, 1], as the export holds them
+    moved = torch.cat([torch.zeros_like(unit[..., :2, :]), unit[..., :-2, :]], dim=-2)
+    axes = dict(class_names=CLASSES, v_max=8.0, duration_s=4.0, dynamic_range_db=45.0)
+    shift = reconstruction_kinematics(unit, moved, y, **axes)
+    same = reconstruction_kinematics(unit, unit, y, **axes)
+    assert shift["doppler_row_m_s"] == 0.25
+    for name in CLASSES:
+        row = shift["per_class"][name]
+        assert row["max_doppler"] == pytest.approx(0.5), (name, row)
+        if name == "run":  # its feet reach the crop's lower edge, the shift pushes them out
+            assert 0.0 < row["min_doppler"] <= 0.5, row
+        else:
+            assert row["min_doppler"] == pytest.approx(0.5), (name, row)
+        assert row["bandwidth"] == pytest.approx(0.0) and row["cadence"] in (0.0, None)
+        assert all(v in (0.0, None) for v in same["per_class"][name].values())
+    assert shift["worst"]["max_doppler"]["median_abs_shift"] == pytest.approx(0.5)
+    assert shift["worst"]["max_doppler"]["unit"] == "m/s"
+
+
 # ------------------------------------------------------------------ memorisation
 
 

@@ -251,6 +251,10 @@ def test_train_vae_cli_writes_the_export(trained_export):
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["training"]["steps"] == 100
+    # the reconstructions' envelope shifts, on the simulator's axes (8 m/s over 64 rows)
+    kin = metrics["val"]["kinematics"]
+    assert kin["doppler_row_m_s"] == 0.25 and set(kin["per_class"]) == set(dm.class_names)
+    assert set(kin["worst"]) <= set(kin["units"]) and kin["units"]["cadence"] == "Hz"
     # vae.module.ema_decay is set: the export holds the EMA weights, not the last step's
     from safetensors.torch import load_file
 

@@ -6,7 +6,8 @@ Layout of `<out_dir>/`:
   reconstructions.png validation originals (one per class), their reconstructions, and
                       |original - reconstruction| x 4 (black = equal)
   metrics.json        val PSNR / SSIM of the VAE and of the bicubic thumbnail baseline, the
-                      background speckle contrast of originals and reconstructions
+                      background speckle contrast of originals and reconstructions, and how
+                      far the reconstructions move each envelope statistic (kinematics)
 
 Everything is written into a temporary folder beside `out_dir` and renamed into
 place (utils.io.atomic_dir), so a killed run never leaves an export without its
@@ -31,7 +32,7 @@ from torchmetrics.functional.image import (
 
 from latent_diffusion.utils.errors import UserError
 from latent_diffusion.utils.io import atomic_dir, atomic_write_bytes, atomic_write_json
-from latent_diffusion.utils.pixels import to_unit
+from latent_diffusion.utils.pixels import quantize_8bit, to_unit
 from latent_diffusion.vae.interface import FrozenVAE
 from latent_diffusion.vae.module import bicubic_baseline, grid_png
 from latent_diffusion.vae.stats import STATS_FILE, save_latent_stats, vae_weights_hash
@@ -66,22 +67,29 @@ def difference_row(x: torch.Tensor, xr: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def reconstruction_metrics(
-    vae: FrozenVAE, dataset: Dataset, batch_size: int = 64, dynamic_range_db: float = 45.0
+    vae: FrozenVAE,
+    dataset: Dataset,
+    batch_size: int = 64,
+    dynamic_range_db: float = 45.0,
+    kinematics: dict | None = None,
 ) -> dict:
     """PSNR / SSIM ([0, 1] images) of posterior-mean reconstructions and of the bicubic
-    baseline; the background speckle contrast (metrics/texture.py) of both sets."""
+    baseline; the background speckle contrast (metrics/texture.py) of both sets; with
+    `kinematics` ({"class_names", "v_max", "duration_s"}) the paired envelope shifts
+    (metrics/kinematics.py) between each original and its reconstruction."""
     from latent_diffusion.metrics.texture import contrast_summary
 
-    xs, recs, bases = [], [], []
+    xs, recs, bases, ys = [], [], [], []
     c, h, w = vae.latent_shape(dataset[0][0].shape[-1])
-    for x, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         x = x.to(vae.device)
         xs.append(to_unit(x))
         recs.append(to_unit(vae.decode(vae.encode(x, sample=False))))
         bases.append(to_unit(bicubic_baseline(x, c * h * w)))
+        ys.append(torch.as_tensor(y))
     x, r, b = torch.cat(xs), torch.cat(recs), torch.cat(bases)
     thumb = int(round((c * h * w / x.shape[1]) ** 0.5))  # thumbnail side with the latent's numbers
-    return {
+    out = {
         "n_images": len(x),
         "psnr": float(peak_signal_noise_ratio(r, x, data_range=1.0)),
         "ssim": float(structural_similarity_index_measure(r, x, data_range=1.0)),
@@ -93,6 +101,32 @@ def reconstruction_metrics(
         ),
         "speckle_dynamic_range_db": float(dynamic_range_db),
     }
+    if kinematics is not None:
+        out["kinematics"] = reconstruction_kinematics(
+            x, r, torch.cat(ys), dynamic_range_db=dynamic_range_db, **kinematics
+        )
+    return out
+
+
+def reconstruction_kinematics(
+    x: torch.Tensor,
+    r: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    class_names,
+    v_max: float,
+    duration_s: float,
+    dynamic_range_db: float,
+) -> dict:
+    """Envelope statistics of originals x and reconstructions r ((N, C, H, W) in [0, 1]),
+    both on the 8-bit grid as `evaluate` reads images, paired image by image."""
+    from latent_diffusion.metrics.kinematics import kinematic_stats, paired_shifts
+
+    axes = {"v_max": v_max, "dynamic_range_db": dynamic_range_db, "duration_s": duration_s}
+    a, b = (kinematic_stats(quantize_8bit(t[:, :1] * 2 - 1).cpu().numpy(), **axes) for t in (x, r))
+    out = paired_shifts(a, b, y.cpu().numpy(), list(class_names))
+    out["doppler_row_m_s"] = round(2 * v_max / x.shape[-2], 4)  # the resolution to compare with
+    return out
 
 
 def export_vae(
@@ -107,6 +141,7 @@ def export_vae(
     min_latents: int = 2000,
     extra_metrics: dict | None = None,
     dynamic_range_db: float = 45.0,
+    kinematics: dict | None = None,
 ) -> Path:
     """Write the export folder and return its path (see the module doc for the layout)."""
     out_dir = Path(out_dir)
@@ -131,7 +166,7 @@ def export_vae(
                 tmp / "reconstructions.png", grid_png([x, xr, difference_row(x, xr)])
             )
             metrics["val"] = reconstruction_metrics(
-                vae, val_dataset, dynamic_range_db=dynamic_range_db
+                vae, val_dataset, dynamic_range_db=dynamic_range_db, kinematics=kinematics
             )
             log.info("VAE export: val %s", metrics["val"])
         atomic_write_json(tmp / "metrics.json", metrics)
@@ -139,4 +174,10 @@ def export_vae(
     return out_dir
 
 
-__all__ = ["difference_row", "export_vae", "one_per_class", "reconstruction_metrics"]
+__all__ = [
+    "difference_row",
+    "export_vae",
+    "one_per_class",
+    "reconstruction_kinematics",
+    "reconstruction_metrics",
+]
