@@ -4,6 +4,8 @@ augmentation study.
 One cell = (real fraction F, seed S):
   train     `train data.fraction=F data.fraction_seed=S seed=S` + the small-data recipe scaled
             with the subset size (recipe_overrides); its VAE trains on the same subset
+  distill   only with `student`: latent consistency distillation of the cell's generator on
+            the same subset's latents (docs/sampling.md); the student then draws the samples
   sample    max(multipliers) x (real images per class) generated images per class
   evaluate  parts classifier, augmentation, memorisation: classifiers on exactly the generator's
             subset (classifier seed S) - real only, real + classical, real + m x synthetic,
@@ -43,6 +45,7 @@ IDENTITY = (
     "train_overrides",
     "recipe",
     "sample",
+    "student",
     "evaluate_overrides",
     "classical",
     "sift",
@@ -160,6 +163,9 @@ def run_cell(cfg: DictConfig, f: float, s: int, folder: Path) -> dict:
         )
     export = json.loads((train_dir / "export" / "export.json").read_text())
     per_class = max(export["data_subset"]["per_class"].values())
+    generator, sampler, steps = train_dir, cfg.sample.sampler, cfg.sample.steps
+    if cfg.get("student"):
+        generator, sampler, steps = distil_cell(cfg, train_dir, folder, s, python, logf)
     gen_dir = folder / "samples"
     if not (gen_dir / "metadata.json").is_file():
         n = max(int(m) for m in cfg.multipliers) * per_class
@@ -167,11 +173,11 @@ def run_cell(cfg: DictConfig, f: float, s: int, folder: Path) -> dict:
         _run(
             [
                 "latent_diffusion.sample",
-                f"run={train_dir}",
+                f"run={generator}",
                 f"out_dir={gen_dir}",
                 f"n_per_class={n}",
-                f"sampler={sm.sampler}",
-                f"steps={sm.steps}",
+                f"sampler={sampler}",
+                f"steps={steps}",
                 f"guidance={sm.guidance}",
                 f"seed={s}",
                 f"hydra.run.dir={folder / 'sample_log'}",
@@ -192,7 +198,7 @@ def run_cell(cfg: DictConfig, f: float, s: int, folder: Path) -> dict:
                 f"real={cfg.dataset}",
                 *[f"real.{o}" for o in cfg.data_overrides],
                 f"generated={gen_dir}",
-                f"run={train_dir}",
+                f"run={generator}",
                 f"out_dir={eval_dir}",
                 "parts=[classifier,augmentation,memorisation]",
                 f"augmentation.seeds=[{s}]",
@@ -224,7 +230,40 @@ def run_cell(cfg: DictConfig, f: float, s: int, folder: Path) -> dict:
         "cas": m.get("cas", {}).get("accuracy"),
         "trtr": m.get("trtr", {}).get("accuracy"),
         "train_steps": export.get("global_step"),
+        "sampler": {"run": generator.name, "sampler": sampler, "steps": int(steps)},
     }
+
+
+def distil_cell(
+    cfg: DictConfig, train_dir: Path, folder: Path, s: int, python: str, logf: Path
+) -> tuple[Path, str, int]:
+    """Distil the cell's generator into a K-step student (skipped when its export exists; a
+    cut-short distillation resumes) -> (the student's run dir, "lcm", K)."""
+    st = cfg.student
+    k = int(st.steps)
+    student_dir = folder / "student"
+    if not (student_dir / "export" / "export.json").is_file():
+        max_steps = int(st.max_steps)
+        _run(
+            [
+                "latent_diffusion.distill",
+                f"run={train_dir}",
+                f"steps=[{k}]",
+                f"default_steps={k}",
+                f"trainer.max_steps={max_steps}",
+                f"trainer.val_check_interval={max(10, max_steps // 4)}",
+                f"batch_size={st.get('batch_size') or 'null'}",
+                f"seed={s}",
+                "run_name=student",
+                f"hydra.run.dir={student_dir}",
+                "ckpt_path=last",
+                f"paths.cache_dir={cfg.paths.cache_dir}",
+                *(st.get("overrides") or []),
+            ],
+            python,
+            logf,
+        )
+    return student_dir, "lcm", k
 
 
 def _subset_size(cfg, f, s, data_args: list[str]) -> int:
@@ -341,6 +380,13 @@ def run_study(
     if bad:
         raise UserError(f"fractions={list(cfg.fractions)}: {bad} outside (0, 1]")
     check_study_dir(study_dir, identity(cfg))
+    if cfg.get("student"):
+        log.info(
+            "student: each cell's samples come from its distilled student (lcm, K = %d, w = %s); "
+            "sample.sampler and sample.steps are not used",
+            int(cfg.student.steps),
+            cfg.sample.guidance,
+        )
     todo = [(f, int(s)) for f in fractions for s in cfg.seeds]
     cells, t0, done_now = [], time.time(), 0
     for i, (f, s) in enumerate(todo):

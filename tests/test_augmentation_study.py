@@ -4,6 +4,7 @@ record an export carries, the leak flag, and classical augmentations that keep t
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -429,3 +430,98 @@ def test_small_data_recipe_scales_with_the_subset():
     # measured with, whatever vae=f4's own batch size
     assert "vae.max_steps=300" in small and "vae.max_steps=1500" in big
     assert "vae.batch_size=16" in small and "vae.batch_size=16" in big
+
+
+def _recording_steps(monkeypatch):
+    """Stands in for the cell's subprocesses: records each command line and writes the file
+    that marks its step finished, so run_cell's order, arguments and resume logic are what is
+    tested (train, distill, sample and evaluate themselves have their own end-to-end tests)."""
+    import latent_diffusion.study as study
+
+    calls = []
+
+    def fake_run(args, python, log_file):
+        calls.append(args)
+        kv = dict(a.split("=", 1) for a in args[1:] if "=" in a)
+        if args[0] in ("latent_diffusion.train", "latent_diffusion.distill"):
+            export = Path(kv["hydra.run.dir"]) / "export"
+            export.mkdir(parents=True)
+            subset = {"per_class": {"walk": 16, "run": 16}, "n": 32}
+            (export / "export.json").write_text(json.dumps({"data_subset": subset}))
+        elif args[0] == "latent_diffusion.sample":
+            Path(kv["out_dir"]).mkdir(parents=True)
+            (Path(kv["out_dir"]) / "metadata.json").write_text("{}")
+        else:
+            Path(kv["out_dir"]).mkdir(parents=True)
+            acc = {"0": {"runs": [0.6]}, "1": {"runs": [0.62]}}
+            aug = {"0.1": {"accuracy": acc, "leak": {"leaky": False}}}
+            (Path(kv["out_dir"]) / "metrics.json").write_text(json.dumps({"augmentation": aug}))
+
+    monkeypatch.setattr(study, "_run", fake_run)
+    monkeypatch.setattr(study, "_subset_size", lambda *a: 32)
+    return calls
+
+
+def test_study_student_distils_each_generator_and_samples_from_it(tmp_path, monkeypatch):
+    from latent_diffusion.study import run_cell
+
+    calls = _recording_steps(monkeypatch)
+    cfg = _study_cfg(tmp_path, student={"steps": 8, "max_steps": 600, "batch_size": 32})
+    folder = tmp_path / "cell"
+    result = run_cell(cfg, 0.1, 2, folder)
+    steps = [c[0].split(".")[-1] for c in calls]
+    assert steps == ["train", "distill", "sample", "evaluate"]
+    distill, sample, evaluate = (dict(a.split("=", 1) for a in c[1:]) for c in calls[1:])
+    # the student is distilled from this cell's generator, on its settings ...
+    assert distill["run"] == str(folder / "train") and distill["steps"] == "[8]"
+    assert distill["default_steps"] == "8" and distill["trainer.max_steps"] == "600"
+    assert distill["seed"] == "2" and distill["ckpt_path"] == "last"
+    # ... and draws the samples (4x 16 per class) that the classifiers are evaluated with
+    student = str(folder / "student")
+    assert sample["run"] == student and sample["sampler"] == "lcm" and sample["steps"] == "8"
+    assert sample["n_per_class"] == "64" and sample["guidance"] == "3.0"
+    assert evaluate["run"] == student
+    assert result["sampler"] == {"run": "student", "sampler": "lcm", "steps": 8}
+    # rerun: every step's output exists, nothing runs again
+    calls.clear()
+    run_cell(cfg, 0.1, 2, folder)
+    assert calls == []
+    # without a student the teacher samples with the study's sampler
+    run_cell(_study_cfg(tmp_path), 0.1, 2, tmp_path / "plain")
+    sample = dict(a.split("=", 1) for a in calls[1][1:])
+    assert [c[0].split(".")[-1] for c in calls] == ["train", "sample", "evaluate"]
+    assert sample["run"] == str(tmp_path / "plain" / "train") and sample["sampler"] == "dpmpp"
+
+
+@pytest.mark.parametrize(
+    "student, guidance, match",
+    [
+        ({"steps": 80, "max_steps": 600}, 3.0, r"student.steps=80: .* \[1, 50\]"),
+        ({"steps": 0, "max_steps": 600}, 3.0, r"student.steps=0"),
+        ({"steps": 8}, 3.0, r"student.max_steps is not set"),
+        ({"steps": 8, "max_steps": 600}, 12.0, r"sample.guidance=12.0: .* \[1, 8\]"),
+    ],
+)
+def test_study_student_settings_are_refused_before_the_first_cell(
+    tmp_path, student, guidance, match
+):
+    from latent_diffusion.validation import preflight
+
+    cfg = _study_cfg(tmp_path, student=student, sample={"guidance": guidance})
+    with pytest.raises(UserError, match=match):
+        preflight("study", cfg)
+    assert not (tmp_path / "study").exists()  # nothing written, nothing trained
+
+
+def test_study_with_a_student_is_another_configuration(tmp_path):
+    from latent_diffusion.study import run_study
+
+    run_study(
+        _study_cfg(tmp_path, fractions=[1.0], seeds=[0]),
+        _fake_cell(lambda f, s: 0.5, lambda f, s: 0.6),
+    )
+    with pytest.raises(UserError, match=r"student.steps: None there, 8 now"):
+        run_study(
+            _study_cfg(tmp_path, fractions=[1.0], seeds=[0], student={"steps": 8, "max_steps": 9}),
+            _fake_cell(lambda f, s: 0.5, lambda f, s: 0.6),
+        )

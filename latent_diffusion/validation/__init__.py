@@ -345,6 +345,43 @@ def _study(cfg) -> None:
     if str(select(cfg, "study_dir", "???")) in ("", "???", "None"):
         raise UserError("study_dir is not set: pass study_dir=DIR (a new folder, or one to resume)")
     check_out_dir(select(cfg, "study_dir", None), "study_dir")
+    _study_student(cfg)
+
+
+def _study_student(cfg) -> None:
+    """The student's settings, checked before the first cell's generator trains for half an
+    hour: distill's own checks would come only after it."""
+    if select(cfg, "student", None) is None:
+        return
+    check_ranges(
+        cfg,
+        [
+            ("student.steps", "count"),
+            ("student.max_steps", "count"),
+            ("student.batch_size", "count"),
+        ],
+        nullable=("student.batch_size",),
+    )
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    # distill's own limits, read where distill keeps them
+    d = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "distill.yaml")
+    k, grid = select(cfg, "student.steps"), int(d.grid_points)
+    if k is ABSENT or k > grid:
+        raise UserError(
+            f"student.steps={None if k is ABSENT else k}: give the student's step count K in "
+            f"[1, {grid}] (distill's grid_points), e.g. student.steps=8"
+        )
+    if select(cfg, "student.max_steps") is ABSENT:
+        raise UserError("student.max_steps is not set: the distillation's budget, e.g. 1000")
+    w, (lo, hi) = select(cfg, "sample.guidance", 3.0), d.guidance_range
+    if not lo <= float(w) <= hi:
+        raise UserError(
+            f"sample.guidance={w}: a student samples with w in its training range [{lo:g}, {hi:g}] "
+            "(distill's guidance_range)"
+        )
 
 
 CHECKS = {
