@@ -396,7 +396,10 @@ def run_study(
             cells.append(json.loads(marker.read_text()))
             log.info("cell %d/%d %s: finished earlier, kept", i + 1, len(todo), cell_name(f, s))
             continue
-        log.info("cell %d/%d %s: train, sample, evaluate", i + 1, len(todo), cell_name(f, s))
+        steps = (
+            "train, distill, sample, evaluate" if cfg.get("student") else "train, sample, evaluate"
+        )
+        log.info("cell %d/%d %s: %s", i + 1, len(todo), cell_name(f, s), steps)
         result = runner(cfg, f, s, folder)
         atomic_write_json(marker, result)
         cells.append(result)

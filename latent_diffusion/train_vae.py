@@ -110,26 +110,18 @@ def add_ceiling_report(out_dir: Path, datamodule, report) -> None:
     atomic_write_json(out_dir / "metrics.json", metrics)
 
 
-AXES_DEFAULTS = {"dynamic_range_db": 45.0, "v_max": 8.0, "duration_s": 4.0}  # the simulator's
-
-
 def radar_axes(datamodule, data_cfg) -> dict:
-    """What the pixels mean, for the speckle and kinematic statistics: the dB span, the
-    velocity crop and the duration, each from the source's radar settings (the simulator's,
-    or the raw reader's), else the data config's key (image folders), else the simulator's
-    defaults. -> export_vae's `dynamic_range_db` and `kinematics`."""
-    radar = getattr(datamodule.source, "radar", None)
-    axes, defaulted = {}, []
-    for key, default in AXES_DEFAULTS.items():
-        picked = (getattr(radar, key, None), data_cfg.get(key), default)
-        axes[key] = float(next(v for v in picked if v is not None))
-        if picked[0] is None and picked[1] is None:
-            defaulted.append(f"{key}={default:g}")
+    """What the pixels mean, for the speckle and kinematic statistics (metrics/kinematics.py
+    data_axes: the source's radar settings, else the data config's keys, else the
+    simulator's) -> export_vae's `dynamic_range_db` and `kinematics`."""
+    from latent_diffusion.metrics.kinematics import AXES_DEFAULTS, data_axes
+
+    axes, defaulted = data_axes(datamodule.source, data_cfg)
     if defaulted:
         log.info(
             "the data does not say %s: metrics.json's speckle and envelope statistics assume "
             "the simulator's (its kinematics also give one Doppler row in m/s to compare with)",
-            ", ".join(defaulted),
+            ", ".join(f"{k}={AXES_DEFAULTS[k]:g}" for k in defaulted),
         )
     return {
         "dynamic_range_db": axes["dynamic_range_db"],

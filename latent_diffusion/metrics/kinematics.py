@@ -43,6 +43,30 @@ UNITS = {
 }
 
 
+# What the pixels mean when the data does not say: the simulator's radar settings.
+AXES_DEFAULTS = {"v_max": 8.0, "dynamic_range_db": 45.0, "duration_s": 4.0}
+
+
+def data_axes(source, data_cfg, explicit=None) -> tuple[dict, list[str]]:
+    """The velocity crop (m/s), dB span and duration (s) of a data set's images, each from
+    `explicit` (a config block naming them), else the source's radar settings (the
+    simulator's, or the raw reader's), else the data config's own key (image folders), else
+    AXES_DEFAULTS -> (axes, the keys that fell back to the default)."""
+    radar = getattr(source, "radar", None)
+    axes, defaulted = {}, []
+    for key, default in AXES_DEFAULTS.items():
+        picked = [
+            (explicit or {}).get(key),
+            getattr(radar, key, None),
+            (data_cfg or {}).get(key),
+        ]
+        given = [v for v in picked if v is not None]
+        axes[key] = float(given[0]) if given else float(default)
+        if not given:
+            defaulted.append(key)
+    return axes, defaulted
+
+
 def velocity_axis(h: int, v_max: float) -> np.ndarray:
     """Row centres in m/s, row 0 = +v_max (approaching at the top)."""
     dv = 2 * v_max / h

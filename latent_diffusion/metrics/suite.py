@@ -74,21 +74,8 @@ def vae_roundtrip(vae, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
 
 
 def kin_params(cfg: DictConfig, source) -> dict:
-    radar = getattr(source, "radar", None)
-    k = cfg.kinematics
-    real = cfg.real
-
-    def pick(key, default):  # explicit > the simulator's radar > the reader's option > default
-        for v in (k.get(key), getattr(radar, key, None), real.get(key)):
-            if v is not None:
-                return float(v)
-        return float(default)
-
-    return {
-        "v_max": pick("v_max", 8.0),
-        "dynamic_range_db": pick("dynamic_range_db", 45.0),
-        "duration_s": pick("duration_s", 4.0),
-    }
+    """kinematic_stats' axes: `kinematics.*` > the source's radar > `real.*` > the simulator's."""
+    return kinematics.data_axes(source, cfg.real, cfg.kinematics)[0]
 
 
 def evaluate(cfg: DictConfig) -> dict:
