@@ -212,6 +212,29 @@ def test_paired_envelope_shifts_read_a_known_doppler_shift(real):
         assert all(v in (0.0, None) for v in same["per_class"][name].values())
     assert shift["worst"]["max_doppler"]["median_abs_shift"] == pytest.approx(0.5)
     assert shift["worst"]["max_doppler"]["unit"] == "m/s"
+    assert shift["worst"]["bandwidth"]["class"] is None  # nothing moved: no class is named
+
+
+def test_vae_report_reads_the_axes_from_the_radar_settings(tmp_path):
+    """data.radar.dynamic_range_db / v_max reach train_vae's speckle and kinematics (the data
+    module itself has no radar; the source has), an explicit evaluate setting wins over them,
+    and an image folder without axes falls back to the simulator's, said as defaulted."""
+    from latent_diffusion.data.datamodule import SpectrogramDataModule
+    from latent_diffusion.train_vae import radar_axes
+
+    dm = SpectrogramDataModule(
+        source="microdoppler",
+        radar={"dynamic_range_db": 60.0, "v_max": 6.0},
+        cache_dir=str(tmp_path),
+    )
+    axes = radar_axes(dm, {})
+    assert axes["dynamic_range_db"] == 60.0 and axes["kinematics"]["v_max"] == 6.0
+    assert axes["kinematics"]["duration_s"] == 4.0
+    explicit, defaulted = kinematics.data_axes(dm.source, {}, {"v_max": 7.0})
+    assert explicit["v_max"] == 7.0 and explicit["dynamic_range_db"] == 60.0 and not defaulted
+    folder, defaulted = kinematics.data_axes(None, {"dynamic_range_db": 50.0})
+    assert folder == {"v_max": 8.0, "dynamic_range_db": 50.0, "duration_s": 4.0}
+    assert defaulted == ["v_max", "duration_s"]
 
 
 # ------------------------------------------------------------------ memorisation

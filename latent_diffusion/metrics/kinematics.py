@@ -210,7 +210,8 @@ def paired_shifts(a: dict, b: dict, y, class_names) -> dict:
         vals = [(v[s], n) for n, v in per_class.items() if v[s] is not None]
         if vals:
             v, n = max(vals)
-            worst[s] = {"class": n, "median_abs_shift": v, "unit": UNITS[s]}
+            # no class moved at all: naming one (the last in sort order) would mislead
+            worst[s] = {"class": n if v > 0 else None, "median_abs_shift": v, "unit": UNITS[s]}
     return {"per_class": per_class, "worst": worst, "units": dict(UNITS)}
 
 
